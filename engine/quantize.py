@@ -1,0 +1,166 @@
+"""Weight quantization: an offline state-dict transform plus a runtime Linear swap.
+
+Modes:
+  int8      weight-only, per-output-channel scales; CPU: torch._weight_int8pack_mm.
+  int4      weight-only, group-wise asymmetric (groups of 128 along the input);
+            CPU: torch's int4 CPU pack, CUDA: tinygemm (_weight_int4pack_mm).
+  nf4       bitsandbytes 4-bit NormalFloat, CUDA only (the memory saver; QLoRA's base).
+  bnb-int8  bitsandbytes LLM.int8(), CUDA only.
+
+On this project's CPU bitsandbytes was measured 50-90x slower than torch's own kernels
+(DESIGN.md, section 2), so the bitsandbytes modes refuse to run on CPU.
+
+int8/int4 weights are stored in a portable form (`quantize_state_dict`) that a
+checkpoint can save; the modules pack them for the device they run on when built.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+QUANTIZATIONS = ("none", "int8", "int4", "nf4", "bnb-int8")
+TORCH_QUANTIZATIONS = ("int8", "int4")
+BNB_QUANTIZATIONS = ("nf4", "bnb-int8")
+INT4_GROUPSIZE = 128
+INT4_INNER_K_TILES = 8
+
+
+class QuantizationError(ValueError):
+    """The requested quantization cannot run here or on this model."""
+
+
+def quantized_linear_names(model: nn.Module) -> list[str]:
+    """Linear layers that quantization replaces: every projection and the output layer."""
+    return [name for name, module in model.named_modules() if isinstance(module, nn.Linear)]
+
+
+def int4_supported(in_features: int, groupsize: int = INT4_GROUPSIZE) -> bool:
+    return in_features % groupsize == 0 and in_features % (INT4_INNER_K_TILES * 16) == 0
+
+
+# ---- offline transform: full-precision weight -> portable quantized tensors ----
+
+
+def quantize_int8(weight: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Symmetric per-row int8: weight ~= int8 * scales[:, None]."""
+    w = weight.float()
+    scales = (w.abs().amax(dim=1) / 127).clamp(min=1e-10)
+    q = torch.round(w / scales[:, None]).clamp(-128, 127).to(torch.int8)
+    return {"weight": q, "scales": scales}
+
+
+def quantize_int4(weight: torch.Tensor, groupsize: int = INT4_GROUPSIZE) -> dict[str, torch.Tensor]:
+    """Asymmetric group-wise int4, two values a byte: weight ~= q * scale + min.
+
+    Returns weight (N, K/2) uint8 (even column in the high nibble) and scales_and_zeros
+    (K/groupsize, N, 2) in tinygemm's convention: w = (q - 8) * scale + zero.
+    """
+    n, k = weight.shape
+    w = weight.float().reshape(n, k // groupsize, groupsize)
+    low, high = w.amin(dim=-1, keepdim=True), w.amax(dim=-1, keepdim=True)
+    scales = ((high - low) / 15).clamp(min=1e-10)
+    q = torch.round((w - low) / scales).clamp(0, 15).to(torch.uint8).reshape(n, k)
+    zeros = low + 8 * scales
+    scales_and_zeros = torch.stack([scales.squeeze(-1), zeros.squeeze(-1)], dim=-1).transpose(0, 1).contiguous()
+    return {"weight": (q[:, ::2] << 4) | q[:, 1::2], "scales_and_zeros": scales_and_zeros}
+
+
+def quantize_state_dict(
+    state_dict: dict[str, torch.Tensor], linear_names: list[str], mode: str
+) -> dict[str, torch.Tensor]:
+    """Replace each listed Linear's weight by its portable int8/int4 tensors."""
+    if mode not in TORCH_QUANTIZATIONS:
+        raise QuantizationError(f"only {TORCH_QUANTIZATIONS} can be saved; got {mode!r}")
+    out = dict(state_dict)
+    for name in linear_names:
+        weight = out.pop(f"{name}.weight")
+        if mode == "int4" and not int4_supported(weight.shape[1]):
+            out[f"{name}.weight"] = weight  # stays in full precision (see int4_supported)
+            continue
+        parts = quantize_int8(weight) if mode == "int8" else quantize_int4(weight)
+        out.update({f"{name}.{key}": value for key, value in parts.items()})
+    return out
+
+
+# ---- runtime modules ----
+
+
+class Int8Linear(nn.Module):
+    def __init__(self, weight: torch.Tensor, scales: torch.Tensor, dtype: torch.dtype) -> None:
+        super().__init__()
+        self.out_features, self.in_features = weight.shape
+        self.register_buffer("weight", weight.contiguous())
+        self.register_buffer("scales", scales.to(dtype))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.device.type == "cpu":
+            flat = x.reshape(-1, self.in_features).contiguous()
+            return torch._weight_int8pack_mm(flat, self.weight, self.scales).reshape(*x.shape[:-1], -1)
+        # On CUDA the dequantize fuses into the matmul under torch.compile (gpt-fast).
+        return F.linear(x, self.weight.to(x.dtype)) * self.scales
+
+
+class Int4Linear(nn.Module):
+    def __init__(self, weight: torch.Tensor, scales_and_zeros: torch.Tensor, dtype: torch.dtype) -> None:
+        super().__init__()
+        self.out_features = weight.shape[0]
+        self.in_features = weight.shape[1] * 2
+        self.groupsize = self.in_features // scales_and_zeros.shape[0]
+        if weight.device.type == "cpu":
+            unpacked = torch.stack([weight >> 4, weight & 0xF], dim=-1).reshape(self.out_features, -1)
+            packed = torch._convert_weight_to_int4pack_for_cpu(unpacked.to(torch.int32), INT4_INNER_K_TILES)
+        else:
+            packed = torch._convert_weight_to_int4pack(weight.contiguous(), INT4_INNER_K_TILES)
+        self.register_buffer("packed", packed)
+        self.register_buffer("scales_and_zeros", scales_and_zeros.to(dtype))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        flat = x.reshape(-1, self.in_features).contiguous()
+        if x.device.type == "cpu":
+            y = torch._weight_int4pack_mm_for_cpu(flat, self.packed, self.groupsize, self.scales_and_zeros)
+        else:
+            y = torch._weight_int4pack_mm(flat, self.packed, self.groupsize, self.scales_and_zeros)
+        return y.reshape(*x.shape[:-1], -1)
+
+
+def bnb_linear(weight: torch.Tensor, mode: str, dtype: torch.dtype) -> nn.Module:
+    """A bitsandbytes Linear holding weight, quantized as it moves to the GPU."""
+    import bitsandbytes as bnb
+
+    out_features, in_features = weight.shape
+    if mode == "nf4":
+        layer = bnb.nn.Linear4bit(in_features, out_features, bias=False, compute_dtype=dtype, quant_type="nf4")
+        layer.weight = bnb.nn.Params4bit(weight.to(dtype), requires_grad=False, quant_type="nf4")
+    else:
+        layer = bnb.nn.Linear8bitLt(in_features, out_features, bias=False, has_fp16_weights=False, threshold=6.0)
+        layer.weight = bnb.nn.Int8Params(weight.to(torch.float16), requires_grad=False, has_fp16_weights=False)
+    return layer.cuda()
+
+
+def check_quantization(mode: str, device: torch.device) -> None:
+    if mode not in QUANTIZATIONS:
+        raise QuantizationError(f"unknown quantization {mode!r}: expected one of {', '.join(QUANTIZATIONS)}")
+    if mode in BNB_QUANTIZATIONS and device.type != "cuda":
+        raise QuantizationError(
+            f"--quantize {mode} uses bitsandbytes, which needs a CUDA GPU (on CPU it was measured "
+            "50-90x slower than torch's kernels): use int8 or int4 on CPU"
+        )
+
+
+def build_quantized_linear(
+    tensors: dict[str, torch.Tensor], mode: str, device: torch.device, dtype: torch.dtype
+) -> nn.Module:
+    """The runtime module for one layer, from its (portable or full-precision) tensors."""
+    if mode in BNB_QUANTIZATIONS:
+        return bnb_linear(tensors["weight"], mode, dtype)
+    if "scales" in tensors:
+        return Int8Linear(tensors["weight"].to(device), tensors["scales"].to(device), dtype)
+    if "scales_and_zeros" in tensors:
+        return Int4Linear(tensors["weight"].to(device), tensors["scales_and_zeros"].to(device), dtype)
+    # A layer int4 could not quantize (see int4_supported): plain Linear.
+    weight = tensors["weight"]
+    layer = nn.Linear(weight.shape[1], weight.shape[0], bias=False, device="meta")
+    layer.weight = nn.Parameter(weight.to(device=device, dtype=dtype), requires_grad=False)
+    return layer

@@ -1,0 +1,1 @@
+"""pygls language server for Code Llama infilling, and the `codellama-lsp` command."""

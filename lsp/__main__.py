@@ -1,0 +1,3 @@
+from lsp.cli import main
+
+raise SystemExit(main())

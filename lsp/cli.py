@@ -1,0 +1,146 @@
+"""The `codellama-lsp` command: serve (the default), complete, check, convert."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from engine.checkpoints import CheckpointError, load_model, save_checkpoint
+from engine.defaults import default_model_path
+from engine.generate import SamplingParams
+from engine.prompts import INFILL_FORMATS
+from engine.quantize import QUANTIZATIONS, QuantizationError
+from engine.session import InfillEngine, PromptTooLong
+from engine.tokenizer import TokenizerError
+from engine.window import cursor_window
+
+USER_ERRORS = (CheckpointError, TokenizerError, QuantizationError, PromptTooLong, ValueError, OSError)
+
+
+def add_engine_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--model", help="checkpoint folder (Hugging Face, Meta or codellama-lsp); default: the shipped model"
+    )
+    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
+    parser.add_argument("--quantize", default="none", choices=QUANTIZATIONS)
+
+
+def load_engine(args: argparse.Namespace, max_seq_len: int = 4096, cache_slots: int = 2) -> InfillEngine:
+    started = time.perf_counter()
+    path = Path(args.model) if args.model else default_model_path()
+    model, tokenizer, info = load_model(path, args.device, args.dtype, args.quantize)
+    weight = model.model.embed_tokens.weight
+    quantization = info.quantization if info.quantization != "none" else args.quantize
+    print(
+        f"loaded {info.format} checkpoint {path} ({model.num_parameters() / 1e6:.1f}M parameters) on "
+        f"{weight.device} as {str(weight.dtype).removeprefix('torch.')}, quantization {quantization}, "
+        f"in {time.perf_counter() - started:.2f} s",
+        file=sys.stderr,
+    )
+    return InfillEngine(model, tokenizer, max_seq_len=max_seq_len, cache_slots=cache_slots)
+
+
+def parse_location(location: str) -> tuple[Path, int, int]:
+    """FILE:LINE:COL, 1-based; COL counts characters and may be one past the line's end."""
+    try:
+        file, line, col = location.rsplit(":", 2)
+        return Path(file), int(line), int(col)
+    except ValueError:
+        raise ValueError(f"{location!r}: expected FILE:LINE:COL, e.g. main.py:12:5") from None
+
+
+def cursor_offset(text: str, file: Path, line: int, col: int) -> int:
+    lines = text.split("\n")
+    if not 1 <= line <= len(lines):
+        raise ValueError(f"{file}:{line}:{col}: line {line} is outside the file (1..{len(lines)})")
+    if not 1 <= col <= len(lines[line - 1]) + 1:
+        raise ValueError(f"{file}:{line}:{col}: column {col} is outside line {line} (1..{len(lines[line - 1]) + 1})")
+    return sum(len(s) + 1 for s in lines[: line - 1]) + col - 1
+
+
+def run_complete(args: argparse.Namespace) -> int:
+    file, line, col = parse_location(args.location)
+    try:
+        text = file.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{file}: not UTF-8 text ({e})") from e
+    offset = cursor_offset(text, file, line, col)
+    engine = load_engine(args)
+    window = cursor_window(text, offset)
+    params = SamplingParams(
+        max_new_tokens=args.max_tokens,
+        temperature=args.temperature,
+        top_p=args.top_p,
+        stop=tuple(args.stop or ()),
+        time_budget_s=args.time_budget,
+        seed=args.seed,
+    )
+    completion = engine.complete(
+        window.prefix, window.suffix, fmt=args.format, token_healing=not args.no_token_healing, params=params
+    )
+    sys.stdout.write(completion.text)
+    sys.stdout.flush()
+    s = completion.stats
+    print(
+        f"\nprompt {s.prompt_tokens} tokens (prefilled {s.prefilled_tokens}) in {s.prefill_s * 1000:.0f} ms; "
+        f"generated {s.generated_tokens} tokens in {s.decode_s * 1000:.0f} ms "
+        f"({s.decode_tokens_per_s:.1f} tokens/s); stopped: {s.stop_reason}",
+        file=sys.stderr,
+    )
+    return 0
+
+
+def run_convert(args: argparse.Namespace) -> int:
+    path = Path(args.model) if args.model else default_model_path()
+    model, tokenizer, info = load_model(path, "cpu", args.dtype)
+    out = save_checkpoint(args.out, model, tokenizer.path, quantize=args.quantize)
+    print(f"wrote {out} ({info.format} -> codellama-lsp, quantization {args.quantize})", file=sys.stderr)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="codellama-lsp",
+        description="Code Llama infilling language server. With no command, serves LSP over stdio.",
+    )
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    complete = commands.add_parser("complete", help="print the middle generated at FILE:LINE:COL (1-based)")
+    add_engine_options(complete)
+    complete.add_argument("location", metavar="FILE:LINE:COL")
+    complete.add_argument("--max-tokens", type=int, default=128)
+    complete.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
+    complete.add_argument("--top-p", type=float, default=0.9)
+    complete.add_argument("--format", choices=INFILL_FORMATS, default="spm", help="prompt layout (default spm)")
+    complete.add_argument("--no-token-healing", action="store_true", help="SPM: do not heal the prefix's last token")
+    complete.add_argument("--stop", action="append", help="stop string (repeatable)")
+    complete.add_argument("--time-budget", type=float, help="seconds; stop decoding after this")
+    complete.add_argument("--seed", type=int)
+    complete.set_defaults(run=run_complete)
+
+    convert = commands.add_parser("convert", help="save any checkpoint in codellama-lsp format, optionally quantized")
+    convert.add_argument("--model", help="checkpoint folder; default: the shipped model")
+    convert.add_argument("--out", required=True, help="output folder")
+    convert.add_argument("--quantize", default="none", choices=["none", "int8", "int4"])
+    convert.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
+    convert.set_defaults(run=run_convert)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.error("the language server is not built yet; use `codellama-lsp complete FILE:LINE:COL`")
+    try:
+        return args.run(args)
+    except USER_ERRORS as e:
+        print(f"codellama-lsp: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

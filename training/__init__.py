@@ -1,0 +1,1 @@
+"""Fine-tuning Code Llama on a team's repositories: FIM data, infilling and long-context stages."""
