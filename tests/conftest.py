@@ -1,0 +1,24 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from engine.tokenizer import Tokenizer
+from tests.fixtures import train_tiny_tokenizer, write_tiny_checkpoint
+
+
+@pytest.fixture(scope="session")
+def tokenizer_path(tmp_path_factory) -> Path:
+    return train_tiny_tokenizer(tmp_path_factory.mktemp("tokenizer"))
+
+
+@pytest.fixture(scope="session")
+def tokenizer(tokenizer_path) -> Tokenizer:
+    return Tokenizer(tokenizer_path)
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory, tokenizer_path) -> Path:
+    """A random-weight 2-layer model in codellama-lsp format (with the tiny tokenizer)."""
+    return write_tiny_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny", tokenizer_path)
