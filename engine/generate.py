@@ -102,7 +102,7 @@ def prefill(
     logits = None
     done = 0
     while done < len(tokens):
-        if done and cancelled():
+        if cancelled():  # also before the first chunk: a superseded request does no work
             return None, done
         chunk = tokens[done : done + PREFILL_CHUNK]
         batch = torch.tensor([chunk], dtype=torch.long, device=device)

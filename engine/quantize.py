@@ -36,8 +36,9 @@ def quantized_linear_names(model: nn.Module) -> list[str]:
     return [name for name, module in model.named_modules() if isinstance(module, nn.Linear)]
 
 
-def int4_supported(in_features: int, groupsize: int = INT4_GROUPSIZE) -> bool:
-    return in_features % groupsize == 0 and in_features % (INT4_INNER_K_TILES * 16) == 0
+def int4_supported(out_features: int, in_features: int, groupsize: int = INT4_GROUPSIZE) -> bool:
+    """Whether torch's int4 kernels take this shape (Code Llama's all do, vocab 32016 included)."""
+    return out_features % 16 == 0 and in_features % groupsize == 0 and in_features % (INT4_INNER_K_TILES * 16) == 0
 
 
 # ---- offline transform: full-precision weight -> portable quantized tensors ----
@@ -76,7 +77,7 @@ def quantize_state_dict(
     out = dict(state_dict)
     for name in linear_names:
         weight = out.pop(f"{name}.weight")
-        if mode == "int4" and not int4_supported(weight.shape[1]):
+        if mode == "int4" and not int4_supported(*weight.shape):
             out[f"{name}.weight"] = weight  # stays in full precision (see int4_supported)
             continue
         parts = quantize_int8(weight) if mode == "int8" else quantize_int4(weight)

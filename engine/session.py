@@ -1,9 +1,11 @@
 """The infilling engine: prompts in, middles out, reusing the KV cache across keystrokes.
 
-Each cache slot remembers the tokens whose keys/values it holds. A new prompt goes to
-the slot sharing the longest common token prefix with it; only the tokens after that
-prefix are prefilled. Typing at the end of an SPM prompt therefore prefills a token or
-two, and switching between two files keeps both warm (one slot each).
+Each cache slot remembers the tokens whose keys/values it holds; only the tokens of a
+new prompt after its longest common prefix with the slot are prefilled. Typing at the
+end of an SPM prompt therefore prefills a token or two, and switching between two files
+keeps both warm (one slot each). A caller that knows which document a request is for
+(the server) passes it as `session`, and each session keeps its slot; otherwise the
+slot sharing the longest prefix is used, or the least recently used one.
 """
 
 from __future__ import annotations
@@ -100,6 +102,7 @@ class InfillEngine:
         self.device, self.dtype = weight.device, weight.dtype
         self.cache = KVCache(model.args, max_seq_len, cache_slots, self.device, self.dtype)
         self.slot_tokens: list[list[int]] = [[] for _ in range(cache_slots)]
+        self._slot_session: list[str | None] = [None] * cache_slots
         self._slot_used = [0] * cache_slots
         self._requests = 0
         self._lock = threading.Lock()
@@ -118,10 +121,11 @@ class InfillEngine:
         params: SamplingParams | None = None,
         cancel: Cancel = None,
         on_text: Callable[[str], None] | None = None,
+        session: str | None = None,
     ) -> Completion:
-        """Generate the middle between prefix and suffix."""
+        """Generate the middle between prefix and suffix (session: e.g. the document's URI)."""
         prompt = build_infill_prompt(self.tokenizer, prefix, suffix, fmt, token_healing)
-        return self.generate(prompt, params, cancel, on_text)
+        return self.generate(prompt, params, cancel, on_text, session)
 
     def generate(
         self,
@@ -129,6 +133,7 @@ class InfillEngine:
         params: SamplingParams | None = None,
         cancel: Cancel = None,
         on_text: Callable[[str], None] | None = None,
+        session: str | None = None,
     ) -> Completion:
         started = time.perf_counter()
         params = params or SamplingParams()
@@ -141,7 +146,7 @@ class InfillEngine:
         cancelled = cancel.is_set if isinstance(cancel, threading.Event) else (cancel or (lambda: False))
         text = CompletionText(self.tokenizer, prompt.healing, params.stop, on_text)
         with self._lock:
-            slot, reuse = self._pick_slot(tokens)
+            slot, reuse = self._pick_slot(tokens, session)
             # Forget the slot first: if anything below fails, its contents are unknown.
             self.slot_tokens[slot] = tokens[:reuse]
             gen = generate_tokens(
@@ -164,20 +169,28 @@ class InfillEngine:
                 self.slot_tokens[slot] = tokens[: reuse + prefilled]
         return Completion(text.finish(), gen.stats)
 
-    def _pick_slot(self, tokens: list[int]) -> tuple[int, int]:
-        """(slot, tokens to reuse): the longest shared prefix, else the least recently used slot."""
+    def _pick_slot(self, tokens: list[int], session: str | None) -> tuple[int, int]:
+        """(slot, tokens to reuse)."""
+        slots = range(len(self.slot_tokens))
+        least_recent = min(slots, key=lambda i: self._slot_used[i])
         shared = [common_prefix_length(cached, tokens) for cached in self.slot_tokens]
-        best = max(range(len(shared)), key=lambda i: (shared[i], self._slot_used[i]))
-        if shared[best] < max(4, len(tokens) // 8):
-            best = min(range(len(shared)), key=lambda i: self._slot_used[i])
+        if session is not None:
+            best = self._slot_session.index(session) if session in self._slot_session else least_recent
+        else:
+            # Without a session, a slot sharing little is likely another file's: keep it warm.
+            best = max(slots, key=lambda i: (shared[i], self._slot_used[i]))
+            if shared[best] < max(4, len(tokens) // 8):
+                best = least_recent
         self._requests += 1
         self._slot_used[best] = self._requests
+        self._slot_session[best] = session
         # Prefill at least one token: its logits start the generation.
         return best, min(shared[best], len(tokens) - 1)
 
     def reset_cache(self) -> None:
         with self._lock:
             self.slot_tokens = [[] for _ in self.slot_tokens]
+            self._slot_session = [None for _ in self._slot_session]
 
     def cache_bytes(self) -> int:
         return self.cache.nbytes()
