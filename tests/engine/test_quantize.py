@@ -61,7 +61,9 @@ def test_cpu_kernels_compute_the_dequantized_matmul(mode):
         q = torch.stack([parts["weight"] >> 4, parts["weight"] & 0xF], dim=-1).reshape(256, 1, 128).float()
         scales, zeros = parts["scales_and_zeros"].unbind(-1)
         dequantized = ((q - 8) * scales.T[..., None] + zeros.T[..., None]).reshape(256, 128)
-    assert (layer(x) - x @ dequantized.T).abs().max() < 1e-4
+    # The CPU kernels take bf16 activations (see engine.quantize.CPU_KERNEL_DTYPE).
+    expected = x.bfloat16().float() @ dequantized.T
+    assert ((layer(x) - expected).norm() / expected.norm()) < 1e-2
 
 
 @pytest.mark.parametrize("mode", ["int8", "int4"])
