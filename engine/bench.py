@@ -1,0 +1,334 @@
+"""Engine benchmark: ratios measured side by side in one run (the machine is shared and noisy).
+
+    python -m engine.bench --tokenizer PATH         # 7B-sized layers, 2 of them, random weights
+    python -m engine.bench --model PATH             # any checkpoint, e.g. the default model
+
+1. Keystroke latency while typing 100 characters at the end of a function in a ~2,000-token
+   file: with KV-cache reuse vs a cold cache (time to the first generated token).
+2. Decode tokens/s against transformers' `generate` on the same weights and prompt.
+3. fp32 / bf16 / int8 / int4: decode tokens/s, prefill tokens/s and resident memory, each in
+   its own process so memory is measured cleanly.
+4. On CUDA only: a full-size random 7B in bf16 / int8 / nf4: time to first token for a
+   2,000-token prompt, decode tokens/s and the fraction of the memory-bandwidth bound.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from pathlib import Path
+
+import torch
+
+from engine.checkpoints import load_model, save_checkpoint
+from engine.defaults import default_model_path
+from engine.generate import SamplingParams
+from engine.model import MODEL_CONFIGS, Transformer
+from engine.prompts import build_infill_prompt
+from engine.session import InfillEngine
+from engine.tokenizer import Tokenizer
+
+TYPED = (
+    '\n    if not lines:\n        return ""\n    width = max(len(line) for line in lines)\n    return "\\n".join(lines)'
+)
+TYPED = TYPED[:100]
+
+
+def p95(values: list[float]) -> float:
+    return sorted(values)[max(0, round(0.95 * len(values)) - 1)]
+
+
+def source_around_function_end(tok: Tokenizer, prefix_tokens: int = 1500, suffix_tokens: int = 500) -> tuple[str, str]:
+    """A real file (textwrap.py, repeated if short) cut at the end of a function body,
+    its prefix trimmed at a line start to about prefix_tokens and its suffix to suffix_tokens."""
+    text = Path(textwrap.__file__).read_text(encoding="utf-8")
+    while len(tok.encode(text)) < 2 * (prefix_tokens + suffix_tokens):
+        text += "\n\n" + text
+    ends = (i for i in range(len(text)) if text.startswith(("\n\n    def ", "\n\n\ndef "), i))
+    cursor = next(i for i in ends if len(tok.encode(text[:i])) >= prefix_tokens)
+    lines = text[:cursor].splitlines(keepends=True)
+    # The fewest leading lines to drop so the prefix fits (binary search: encode is the cost).
+    low, high = 0, len(lines)
+    while low < high:
+        middle = (low + high) // 2
+        if len(tok.encode("".join(lines[middle:]))) <= prefix_tokens:
+            high = middle
+        else:
+            low = middle + 1
+    suffix = text[cursor:]
+    while len(tok.encode(suffix)) > suffix_tokens:
+        suffix = suffix[: int(len(suffix) * 0.9)]
+    return "".join(lines[low:]), suffix
+
+
+def bench_keystrokes(engine: InfillEngine, cold_every: int) -> dict:
+    prefix, suffix = source_around_function_end(engine.tokenizer)
+    params = SamplingParams(max_new_tokens=1)
+    warm, cold, prefilled = [], [], []
+    for i, ch in enumerate(TYPED):
+        prefix += ch
+        result = engine.complete(prefix, suffix, params=params, session="bench")
+        warm.append(result.stats.total_s)
+        prefilled.append(result.stats.prefilled_tokens)
+        if i % cold_every == 0:
+            engine.reset_cache()
+            cold.append(engine.complete(prefix, suffix, params=params, session="bench").stats.total_s)
+    prompt_tokens = result.stats.prompt_tokens
+    return {
+        "prompt_tokens": prompt_tokens,
+        "keystrokes": len(TYPED),
+        "warm_mean_ms": 1000 * statistics.mean(warm),
+        "warm_p95_ms": 1000 * p95(warm),
+        "cold_mean_ms": 1000 * statistics.mean(cold),
+        "cold_p95_ms": 1000 * p95(cold),
+        "cold_samples": len(cold),
+        "prefilled_mean": statistics.mean(prefilled[1:]),
+    }
+
+
+def bench_decode_vs_transformers(engine: InfillEngine, new_tokens: int, repeats: int = 3) -> dict:
+    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers.modeling_utils import no_init_weights
+
+    args = engine.model.args
+    config = LlamaConfig(
+        vocab_size=args.vocab_size,
+        hidden_size=args.dim,
+        intermediate_size=args.hidden_dim,
+        num_hidden_layers=args.n_layers,
+        num_attention_heads=args.n_heads,
+        num_key_value_heads=args.n_kv_heads,
+        rms_norm_eps=args.norm_eps,
+        rope_theta=args.rope_theta,
+        max_position_embeddings=engine.max_seq_len,
+        tie_word_embeddings=args.tie_embeddings,
+    )
+    with no_init_weights():  # the weights are ours, shared, not copied
+        reference = LlamaForCausalLM(config)
+    reference.load_state_dict(engine.model.state_dict(), strict=False, assign=True)
+    reference = reference.to(engine.dtype).eval()
+    prefix, suffix = source_around_function_end(engine.tokenizer, 150, 50)
+    ours_decode, ours_total, generated = [], [], new_tokens
+    for _ in range(repeats):
+        engine.reset_cache()
+        result = engine.complete(prefix, suffix, params=SamplingParams(max_new_tokens=new_tokens))
+        generated = result.stats.generated_tokens  # a trained model may stop at <EOT>
+        ours_decode.append(result.stats.decode_s / max(1, generated - 1))
+        ours_total.append(result.stats.total_s)
+    prompt = build_infill_prompt(engine.tokenizer, prefix, suffix).tokens
+    ids = torch.tensor([prompt], device=engine.device)
+    theirs_decode, theirs_total = [], []
+    with torch.inference_mode():
+        for _ in range(repeats):
+            runs = {}
+            for n in (1, generated):
+                started = time.perf_counter()
+                reference.generate(ids, max_new_tokens=n, min_new_tokens=n, do_sample=False, pad_token_id=0)
+                runs[n] = time.perf_counter() - started
+            theirs_decode.append((runs[generated] - runs[1]) / max(1, generated - 1))
+            theirs_total.append(runs[generated])
+    ours, theirs = statistics.median(ours_decode), statistics.median(theirs_decode)
+    return {
+        "prompt_tokens": len(prompt),
+        "new_tokens": generated,
+        "ours_tok_s": 1 / ours,
+        "transformers_tok_s": 1 / theirs,
+        "ours_total_s": statistics.median(ours_total),
+        "transformers_total_s": statistics.median(theirs_total),
+    }
+
+
+def rss_mb() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def quant_worker(model_path: str, dtype: str, quantize: str, new_tokens: int) -> dict:
+    """Runs in its own process: load, measure memory, prefill and decode."""
+    started = time.perf_counter()
+    model, tokenizer, _ = load_model(model_path, "cpu", dtype, quantize)
+    load_s = time.perf_counter() - started
+    memory = rss_mb()
+    engine = InfillEngine(model, tokenizer, max_seq_len=1024, cache_slots=1)
+    prefix, suffix = source_around_function_end(tokenizer, 400, 100)
+    engine.complete(prefix, suffix, params=SamplingParams(max_new_tokens=2))  # warm-up
+    engine.reset_cache()
+    result = engine.complete(prefix, suffix, params=SamplingParams(max_new_tokens=new_tokens))
+    s = result.stats
+    return {
+        "load_s": load_s,
+        "rss_mb": memory,
+        "prefill_tok_s": s.prefilled_tokens / s.prefill_s,
+        "decode_tok_s": (s.generated_tokens - 1) / s.decode_s,
+    }
+
+
+def bench_quantization(model_path: Path, new_tokens: int) -> dict[str, dict]:
+    rows = {}
+    for label, dtype, quantize in [
+        ("fp32", "float32", "none"),
+        ("bf16", "bfloat16", "none"),
+        ("int8", "bfloat16", "int8"),
+        ("int4", "bfloat16", "int4"),
+    ]:
+        command = [sys.executable, "-m", "engine.bench", "--worker", str(model_path), dtype, quantize, str(new_tokens)]
+        out = subprocess.run(command, capture_output=True, text=True, check=True)
+        rows[label] = json.loads(out.stdout.strip().splitlines()[-1])
+    return rows
+
+
+def bench_cuda_7b(new_tokens: int) -> dict[str, dict]:
+    """Full-size random Code Llama 7B on the GPU: bf16, int8 (torch), nf4 (bitsandbytes)."""
+    from engine.checkpoints import build_model
+
+    peak = {"H200": 4.8e12, "H100": 3.35e12, "A100": 2.0e12}
+    name = torch.cuda.get_device_name()
+    bandwidth = next((bw for key, bw in peak.items() if key in name), None)
+    args = MODEL_CONFIGS["7B"]
+    tok = Tokenizer(default_model_path() / "tokenizer.model")
+    prefix, suffix = source_around_function_end(tok, 1500, 500)
+    rows = {}
+    for mode in ("none", "int8", "nf4"):
+        torch.manual_seed(0)
+        with torch.device("cuda"):
+            state = {k: v.to(torch.bfloat16) for k, v in Transformer(args).state_dict().items()}
+        model = build_model(args, state, torch.device("cuda"), torch.bfloat16, mode)
+        del state
+        weight_bytes = sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()])
+        engine = InfillEngine(model, tok, max_seq_len=4096, cache_slots=1)
+        engine.complete(prefix, suffix, params=SamplingParams(max_new_tokens=4))  # warm-up
+        engine.reset_cache()
+        first = engine.complete(prefix, suffix, params=SamplingParams(max_new_tokens=1))
+        engine.reset_cache()
+        full = engine.complete(prefix, suffix, params=SamplingParams(max_new_tokens=new_tokens))
+        tok_s = (full.stats.generated_tokens - 1) / full.stats.decode_s
+        rows[mode] = {
+            "ttft_ms": 1000 * first.stats.total_s,
+            "decode_tok_s": tok_s,
+            "weights_gb": weight_bytes / 1e9,
+            "bandwidth_fraction": weight_bytes * tok_s / bandwidth if bandwidth else float("nan"),
+        }
+        del engine, model
+        torch.cuda.empty_cache()
+    return rows
+
+
+def build_benchmark_model(args: argparse.Namespace, workdir: Path) -> Path:
+    if args.model:
+        return Path(args.model)
+    tokenizer = Path(args.tokenizer) if args.tokenizer else default_model_path() / "tokenizer.model"
+    torch.manual_seed(0)
+    model = Transformer(MODEL_CONFIGS[args.config])
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() == 2:
+                p.normal_(0, 0.02)
+    return save_checkpoint(workdir / "model", model, tokenizer, dtype=torch.bfloat16)
+
+
+def main() -> None:
+    if len(sys.argv) > 1 and sys.argv[1] == "--worker":
+        path, dtype, quantize, new_tokens = sys.argv[2:6]
+        print(json.dumps(quant_worker(path, dtype, quantize, int(new_tokens))))
+        return
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", help="checkpoint folder (default: random weights of --config)")
+    parser.add_argument("--config", default="7B-2layer", choices=sorted(MODEL_CONFIGS))
+    parser.add_argument("--tokenizer", help="tokenizer for random weights (default: the shipped model's)")
+    parser.add_argument("--dtype", default="auto")
+    parser.add_argument("--cold-every", type=int, default=10, help="measure a cold keystroke every N")
+    parser.add_argument("--new-tokens", type=int, default=32)
+    parser.add_argument("--skip", default="", help="comma-separated sections to skip: keys,decode,quant,cuda")
+    args = parser.parse_args()
+    skip = set(args.skip.split(","))
+    torch.manual_seed(0)
+    with tempfile.TemporaryDirectory() as workdir:
+        path = build_benchmark_model(args, Path(workdir))
+        model, tokenizer, _ = load_model(path, "cpu", args.dtype)
+        engine = InfillEngine(model, tokenizer, max_seq_len=4096, cache_slots=1)
+        name = path.name if args.model else args.config
+        print(f"model {name}: {model.num_parameters() / 1e6:.0f}M parameters, {engine.dtype}, ", end="")
+        print(f"{torch.get_num_threads()} threads, {time.strftime('%Y-%m-%d')}")
+        if "keys" not in skip:
+            k = bench_keystrokes(engine, args.cold_every)
+            print(f"\n## keystroke latency: typing {k['keystrokes']} characters, ~{k['prompt_tokens']}-token prompt")
+            print("(time from request to the first generated token)")
+            table(
+                ["cache", "mean ms", "p95 ms", "tokens prefilled"],
+                [
+                    ["reused", f"{k['warm_mean_ms']:.1f}", f"{k['warm_p95_ms']:.1f}", f"{k['prefilled_mean']:.1f}"],
+                    [
+                        f"cold ({k['cold_samples']} samples)",
+                        f"{k['cold_mean_ms']:.1f}",
+                        f"{k['cold_p95_ms']:.1f}",
+                        str(k["prompt_tokens"]),
+                    ],
+                ],
+            )
+            mean_ratio, p95_ratio = k["cold_mean_ms"] / k["warm_mean_ms"], k["cold_p95_ms"] / k["warm_p95_ms"]
+            print(f"reuse speed-up: mean {mean_ratio:.1f}x, p95 {p95_ratio:.1f}x")
+        if "decode" not in skip:
+            d = bench_decode_vs_transformers(engine, args.new_tokens)
+            print(f"\n## decode: {d['new_tokens']} tokens after a {d['prompt_tokens']}-token prompt, greedy")
+            table(
+                ["", "decode tokens/s", "whole request s"],
+                [
+                    ["codellama-lsp", f"{d['ours_tok_s']:.1f}", f"{d['ours_total_s']:.2f}"],
+                    ["transformers generate", f"{d['transformers_tok_s']:.1f}", f"{d['transformers_total_s']:.2f}"],
+                ],
+            )
+            print(f"decode speed-up: {d['ours_tok_s'] / d['transformers_tok_s']:.2f}x")
+        del engine, model
+        if "quant" not in skip:
+            rows = bench_quantization(path, args.new_tokens)
+            bf16 = rows["bf16"]["decode_tok_s"]
+            print("\n## CPU precision and quantization")
+            table(
+                ["weights", "decode tokens/s", "vs bf16", "prefill tokens/s", "resident MB"],
+                [
+                    [
+                        label,
+                        f"{r['decode_tok_s']:.1f}",
+                        f"{r['decode_tok_s'] / bf16:.2f}x",
+                        f"{r['prefill_tok_s']:.0f}",
+                        f"{r['rss_mb']:.0f}",
+                    ]
+                    for label, r in rows.items()
+                ],
+            )
+        if "cuda" not in skip and torch.cuda.is_available():
+            rows = bench_cuda_7b(args.new_tokens)
+            print(f"\n## {torch.cuda.get_device_name()}: Code Llama 7B shapes, random weights, 2,000-token prompt")
+            table(
+                ["weights", "TTFT ms", "decode tokens/s", "weights GB", "of bandwidth bound"],
+                [
+                    [
+                        mode,
+                        f"{r['ttft_ms']:.0f}",
+                        f"{r['decode_tok_s']:.1f}",
+                        f"{r['weights_gb']:.1f}",
+                        f"{r['bandwidth_fraction']:.0%}",
+                    ]
+                    for mode, r in rows.items()
+                ],
+            )
+
+
+def table(headers: list[str], rows: list[list[str]]) -> None:
+    """A Markdown table, ready for README's performance section."""
+    print("| " + " | ".join(headers) + " |")
+    print("|" + " --- |" * len(headers))
+    for row in rows:
+        print("| " + " | ".join(row) + " |")
+
+
+if __name__ == "__main__":
+    main()
