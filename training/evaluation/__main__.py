@@ -1,0 +1,5 @@
+import sys
+
+from training.evaluation.cli import main
+
+sys.exit(main())
