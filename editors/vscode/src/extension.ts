@@ -1,0 +1,78 @@
+import * as vscode from "vscode";
+import { DidChangeConfigurationNotification, LanguageClient, State } from "vscode-languageclient/node";
+import { DOCUMENT_SELECTOR } from "./languages";
+import { plainSection, RESTART_KEYS, serverCommand, serverSettings } from "./settings";
+import { failedView, ServerStatus, startingView, statusView, StatusView } from "./status";
+
+let client: LanguageClient | undefined;
+
+export async function activate(context: vscode.ExtensionContext): Promise<void> {
+  const log = vscode.window.createOutputChannel("Code Llama", { log: true });
+  const item = vscode.window.createStatusBarItem(vscode.StatusBarAlignment.Right, 100);
+  item.command = "codellama.showLog";
+  const show = (view: StatusView) => {
+    item.text = view.text;
+    item.tooltip = view.tooltip;
+    item.backgroundColor = view.isError ? new vscode.ThemeColor("statusBarItem.errorBackground") : undefined;
+    item.show();
+  };
+  const settings = () => plainSection(vscode.workspace.getConfiguration("codellama"));
+  // Latency changes with every completion, but the server only notifies state changes: ask after each one.
+  // (`{}` rather than no params: pygls-based servers reject a request without a params member.)
+  const refreshStatus = async () => show(statusView(await client!.sendRequest<ServerStatus>("codellama/status", {})));
+
+  const start = async () => {
+    show(startingView());
+    const section = settings();
+    client = new LanguageClient("codellama", "Code Llama", { command: serverCommand(section) }, {
+      documentSelector: DOCUMENT_SELECTOR,
+      initializationOptions: serverSettings(section),
+      outputChannel: log,
+      middleware: {
+        provideInlineCompletionItems: async (document, position, context, token, next) => {
+          const items = await next(document, position, context, token);
+          refreshStatus().catch(() => undefined); // the status bar must never fail a completion
+          return items;
+        },
+      },
+    });
+    client.onNotification("codellama/didChangeStatus", (status: ServerStatus) => show(statusView(status)));
+    client.onDidChangeState((change) => change.newState === State.Stopped && show(failedView("codellama-lsp stopped")));
+    try {
+      await client.start();
+      await refreshStatus();
+    } catch (error) {
+      show(failedView(`codellama-lsp could not start: ${error instanceof Error ? error.message : String(error)}`));
+    }
+  };
+  const restart = async () => {
+    await deactivate();
+    await start();
+  };
+
+  context.subscriptions.push(
+    log,
+    item,
+    vscode.commands.registerCommand("codellama.toggle", () => {
+      const configuration = vscode.workspace.getConfiguration("codellama");
+      return configuration.update("enable", !configuration.get("enable", true), vscode.ConfigurationTarget.Global);
+    }),
+    vscode.commands.registerCommand("codellama.restart", restart),
+    vscode.commands.registerCommand("codellama.showLog", () => log.show()),
+    vscode.workspace.onDidChangeConfiguration((event) => {
+      if (!event.affectsConfiguration("codellama")) return;
+      if (RESTART_KEYS.some((key) => event.affectsConfiguration(`codellama.${key}`))) return restart();
+      // A stopped server gets the new settings as initializationOptions when it next starts.
+      if (!client?.isRunning()) return;
+      const params = { settings: { codellama: serverSettings(settings()) } };
+      return client.sendNotification(DidChangeConfigurationNotification.type, params);
+    }),
+  );
+  await start();
+}
+
+export async function deactivate(): Promise<void> {
+  const stopping = client;
+  client = undefined;
+  if (stopping?.isRunning()) await stopping.stop();
+}
