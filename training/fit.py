@@ -1,0 +1,341 @@
+"""`codellama-train fit`: the training recipe (infilling stage, long-context stage, from scratch).
+
+One explicit loop, nanoGPT / torchtune style: build the model (base checkpoint or fresh
+weights; full, LoRA or QLoRA), pack FIM data, then for each optimizer step accumulate
+micro-batches, clip, step AdamW (betas 0.9/0.95) on a cosine schedule with warm-up and a
+final LR of peak/30, log, evaluate and checkpoint at intervals. Resuming restores weights,
+optimizer, scheduler, data position and RNG, so a killed run continues bit for bit.
+
+Run on one process (CPU or one GPU) or under `torchrun --nproc_per_node N` (FSDP).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import math
+import os
+import sys
+import time
+from collections.abc import Callable
+from functools import partial
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from engine.checkpoints import CheckpointError
+from engine.tokenizer import TokenizerError
+from training import checkpointing as ckpt
+from training.config import FitConfig, load_config
+from training.data import DataPosition, TrainBatches, num_rows, pack_epoch, rows_tensor, split_documents
+from training.dataclass_io import ConfigError, add_field_flags, apply_flags, read_config_file
+from training.distributed import all_reduce_mean, cleanup, init_distributed, set_gradient_sync, shard_model
+from training.heldout import causal_lm_loss, fim_exact_match, heldout_loss, line_infill_tasks
+from training.metrics import CsvLog, plot_loss
+from training.modeling import build_model
+from training.shards import CorpusError, read_manifest, read_texts
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on; the message says what to change."""
+
+
+def lr_factor(step: int, warmup: int, max_steps: int, min_ratio: float) -> float:
+    """Multiplier of the peak LR after `step` optimizer steps: linear warm-up, then cosine to min_ratio."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, max_steps - warmup))
+    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
+    """Decay matrices (weights, embeddings, adapters), not norm gains."""
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    return [
+        {"params": [p for p in trainable if p.dim() >= 2], "weight_decay": weight_decay},
+        {"params": [p for p in trainable if p.dim() < 2], "weight_decay": 0.0},
+    ]
+
+
+def is_out_of_memory(error: BaseException) -> bool:
+    return isinstance(error, torch.OutOfMemoryError) or (
+        isinstance(error, RuntimeError) and ("out of memory" in str(error) or "can't allocate memory" in str(error))
+    )
+
+
+def out_of_memory_advice(config: FitConfig, device: torch.device) -> str:
+    t = config.train
+    advice = [
+        f"lower train.micro_batch_size (now {t.micro_batch_size}; raise train.grad_accum to keep the batch)",
+        f"lower data.seq_len (now {config.data.seq_len})",
+    ]
+    if not t.gradient_checkpointing:
+        advice.append("set train.gradient_checkpointing true")
+    if t.method == "full":
+        advice.append("use train.method lora" + (" or qlora" if device.type == "cuda" else ""))
+    elif t.method == "lora" and device.type == "cuda":
+        advice.append("use train.method qlora (nf4 base)")
+    return f"out of memory on {device}: " + "; or ".join(advice)
+
+
+def check_resume_matches(saved: dict, config: FitConfig, checkpoint: Path) -> list[str]:
+    """Refuse to continue a different run; return notes on harmless differences."""
+    now = config.to_dict()
+    for section in ("model", "data", "lora"):
+        for key, value in now[section].items():
+            if section == "data" and key == "dir":
+                continue  # a moved corpus is fine: its fingerprint is checked instead
+            if saved.get(section, {}).get(key) != value and not (section == "lora" and config.train.method == "full"):
+                raise ckpt.ResumeError(
+                    f"{checkpoint}: this run was started with {section}.{key} = {saved.get(section, {}).get(key)!r}, "
+                    f"not {value!r}: use another output.dir, or --output.resume false to start over"
+                )
+    if saved["train"]["method"] != config.train.method:
+        raise ckpt.ResumeError(f"{checkpoint}: this run trains {saved['train']['method']}, not {config.train.method}")
+    return [
+        f"train.{key} changed from {saved['train'].get(key)!r} to {value!r}: the run continues, but not exactly"
+        for key, value in now["train"].items()
+        if saved["train"].get(key) != value and key not in ("num_threads", "device")
+    ]
+
+
+def train(config: FitConfig, on_step: Callable[[int, dict], None] | None = None) -> dict:
+    """Run (or resume) training to config.train.max_steps; return the last logged metrics.
+
+    `on_step(step, metrics)` is called after every optimizer step (tests use it).
+    """
+    t, d = config.train, config.data
+    topo, device = init_distributed(t.device)
+    threads = t.num_threads or max(1, (os.cpu_count() or 1) // topo.local_world_size)
+    torch.set_num_threads(threads)
+    run_dir = Path(config.output.dir)
+    say = tqdm.write if topo.main else (lambda *_: None)
+
+    # ---- data: the corpus text (tokenized and FIM-transformed per epoch by TrainBatches) ----
+    manifest = read_manifest(d.dir)
+    texts = split_documents(read_texts(d.dir, "train"), d.max_document_chars)
+    valid_texts = read_texts(d.dir, "valid")
+    if not texts:
+        raise CorpusError(f"{d.dir}: the corpus has no training documents")
+
+    # ---- model, and the checkpoint to resume from ----
+    model, core, tok, tokenizer_path = build_model(config, device)
+    tied_keys = ("lm_head.weight",) if core.args.tie_embeddings else ()
+    resume_from = ckpt.latest_checkpoint(run_dir) if config.output.resume else None
+    state: dict = {}
+    if resume_from is not None:
+        state = ckpt.read_trainer_state(resume_from)
+        for note in check_resume_matches(state["config"], config, resume_from):
+            say(f"note: {note}")
+        if state.get("corpus_fingerprint") != manifest.get("fingerprint"):
+            raise ckpt.ResumeError(f"{resume_from}: the corpus in {d.dir} changed since this run started")
+        ckpt.load_trainable(resume_from, model, tied_keys)
+    if topo.distributed:
+        if t.method == "qlora":
+            raise ConfigError("train.method: qlora runs on one GPU; use lora (or full) with torchrun/FSDP")
+        shard_model(core, device, topo.world_size)
+    forward_model = torch.compile(model) if t.compile else model
+
+    optimizer = torch.optim.AdamW(
+        param_groups(model, t.weight_decay),
+        lr=t.lr,
+        betas=t.betas,
+        eps=t.eps,
+        fused=(device.type == "cuda" and not topo.distributed) or None,  # FSDP's sharded params: foreach
+    )
+    warmup = config.warmup()
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, partial(lr_factor, warmup=warmup, max_steps=t.max_steps, min_ratio=t.min_lr_ratio)
+    )
+    step, tokens_seen, position = 0, 0, DataPosition()
+    if resume_from is not None:
+        ckpt.load_optimizer(resume_from, model, optimizer)
+        scheduler.load_state_dict(state["scheduler"])
+        ckpt.load_rng(resume_from, topo.rank)
+        step, tokens_seen = state["step"], state["tokens_seen"]
+        position = DataPosition(**state["data_position"])
+        say(f"resumed {resume_from} at step {step} (epoch {position.epoch}, row {position.row})")
+        if state["world_size"] != topo.world_size:
+            say(f"note: saved with {state['world_size']} processes, resumed with {topo.world_size}: not bit-exact")
+    batches = TrainBatches(
+        tok, texts, d.seq_len, d.seed, d.fim_rate, d.spm_rate, t.micro_batch_size, topo.rank, topo.world_size,
+        position=position, log=say,
+    )  # fmt: skip
+
+    # ---- held-out data: the first rows of the packed valid split, and line-infilling tasks ----
+    eval_batches: list[torch.Tensor] = []
+    if valid_texts and config.eval.batches:
+        valid_pieces = split_documents(valid_texts, d.max_document_chars)
+        valid_stream, _ = pack_epoch(tok, valid_pieces, d.seq_len, d.seed, 0, d.fim_rate, d.spm_rate, shuffle=False)
+        # The same number of batches on every rank: under FSDP each forward is a collective.
+        rounds = min(config.eval.batches, num_rows(valid_stream, d.seq_len) // (topo.world_size * t.micro_batch_size))
+        for b in range(rounds):
+            first = (b * topo.world_size + topo.rank) * t.micro_batch_size
+            eval_batches.append(rows_tensor(valid_stream, d.seq_len, first, t.micro_batch_size).to(device))
+    tasks = line_infill_tasks(valid_texts, config.eval.fim_examples, config.eval.fim_context_chars, d.seed)
+    if not valid_texts:
+        say("note: the corpus has no held-out documents: no held-out loss or FIM exact-match")
+
+    use_bf16 = t.precision == "bf16" or (t.precision == "auto" and device.type == "cuda")
+    autocast = partial(torch.autocast, device.type, dtype=torch.bfloat16) if use_bf16 else contextlib.nullcontext
+    tokens_per_step = t.micro_batch_size * d.seq_len * t.grad_accum * topo.world_size
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    say(
+        f"{t.method} training of {sum(p.numel() for p in core.parameters()) / 1e6:.1f}M parameters "
+        f"({trainable / 1e6:.2f}M trainable) on {device} x{topo.world_size}, {threads} threads; "
+        f"{tokens_per_step:,} tokens/step, warm-up {warmup} of {t.max_steps} steps"
+    )
+
+    log = None
+    if topo.main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        config_text = json.dumps(config.to_dict(), indent=2)
+        (run_dir / "config.json").write_text(config_text + "\n", encoding="utf-8")
+        log = CsvLog(run_dir / "log.csv", resume_step=step if resume_from is not None else None)
+
+    def evaluate() -> dict:
+        out = {}
+        if eval_batches:
+            out["val_loss"] = heldout_loss(forward_model, eval_batches, autocast)
+        if tasks:
+            out["fim_exact_match"] = fim_exact_match(
+                core, tok, tasks, config.eval.fim_max_new_tokens, max(d.seq_len, 256)
+            )
+        return out
+
+    def save(metrics: dict) -> None:
+        trainer_state = {
+            "step": step,
+            "tokens_seen": tokens_seen,
+            "data_position": {"epoch": batches.position.epoch, "row": batches.position.row},
+            "scheduler": scheduler.state_dict(),
+            "world_size": topo.world_size,
+            "corpus_fingerprint": manifest.get("fingerprint"),
+            "tokenizer": tokenizer_path,
+            "model_args": core.args.to_dict(),
+            "metrics": metrics,
+            "config": config.to_dict(),
+        }
+        ckpt.save_training_checkpoint(
+            run_dir, step, model, optimizer, trainer_state, topo.rank, config.output.keep, tied_keys
+        )
+        if topo.main:
+            plot_loss(run_dir / "log.csv", run_dir / "loss.png", title=f"{run_dir.name}: {t.method}")
+
+    progress = tqdm(
+        total=t.max_steps, initial=step, disable=not (topo.main and config.output.progress), unit="step",
+        dynamic_ncols=True, file=sys.stderr,
+    )  # fmt: skip
+    metrics: dict = {}
+    recent_losses: list[float] = []
+    started = time.perf_counter()
+    model.train()
+    try:
+        while step < t.max_steps:
+            step_start = time.perf_counter()
+            loss_sum = torch.zeros((), device=device)
+            try:
+                for micro in range(t.grad_accum):
+                    rows = batches.next().to(device, non_blocking=True)  # (B, seq_len + 1)
+                    if topo.distributed:
+                        set_gradient_sync(core, micro == t.grad_accum - 1)
+                    with autocast():
+                        loss = causal_lm_loss(forward_model, rows) / t.grad_accum
+                    loss.backward()
+                    loss_sum += loss.detach()
+                params = [p for p in model.parameters() if p.requires_grad]
+                max_norm = t.grad_clip if t.grad_clip > 0 else float("inf")
+                grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
+                optimizer.step()
+            except Exception as e:
+                if is_out_of_memory(e):
+                    raise TrainingError(out_of_memory_advice(config, device)) from e
+                raise
+            lr = scheduler.get_last_lr()[0]
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            tokens_seen += tokens_per_step
+            loss_value = float(all_reduce_mean(loss_sum))  # one host sync per optimizer step
+            if hasattr(grad_norm, "full_tensor"):
+                grad_norm = grad_norm.full_tensor()
+            elapsed = time.perf_counter() - step_start
+            metrics = {
+                "step": step,
+                "epoch": batches.position.epoch,
+                "tokens": tokens_seen,
+                "loss": loss_value,
+                "lr": lr,
+                "grad_norm": float(grad_norm),
+                "tokens_per_s": tokens_per_step / elapsed,
+                "elapsed_s": time.perf_counter() - started,
+            }
+            if not math.isfinite(loss_value):
+                raise TrainingError(
+                    f"the loss became {loss_value} at step {step}: lower train.lr (now {t.lr}) or check the data; "
+                    f"the last good checkpoint is in {run_dir / ckpt.CHECKPOINTS}"
+                )
+            progress.update(1)
+            progress.set_postfix(loss=f"{loss_value:.3f}", tok_s=f"{metrics['tokens_per_s']:,.0f}", lr=f"{lr:.2e}")
+            evaluating = step == t.max_steps or (config.eval.every and step % config.eval.every == 0)
+            if evaluating:
+                metrics.update(evaluate())
+                say(
+                    f"step {step}: loss {loss_value:.4f}, held-out loss {metrics.get('val_loss', float('nan')):.4f}, "
+                    f"FIM exact-match {metrics.get('fim_exact_match', float('nan')):.1%}"
+                )
+            recent_losses.append(loss_value)
+            if evaluating or step % config.output.log_every == 0:
+                # The CSV row's loss is the mean since the previous row: a readable curve at any log_every.
+                if log is not None:
+                    log.write({**metrics, "loss": sum(recent_losses) / len(recent_losses)})
+                recent_losses.clear()
+            if step % config.output.save_every == 0 or step == t.max_steps:
+                save(metrics)
+            if on_step is not None:
+                on_step(step, metrics)
+    finally:
+        progress.close()
+    if topo.main:
+        say(f"done: {step} steps, {tokens_seen:,} tokens; checkpoints in {run_dir / ckpt.CHECKPOINTS}")
+    return metrics
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "fit",
+        help="train: infilling stage, long-context stage, or a small model from scratch",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--config", type=Path, help="a .toml (or .json) config, e.g. training/configs/infilling.toml")
+    p.add_argument("--print-config", action="store_true", help="print the resolved config as JSON and exit")
+    add_field_flags(p, FitConfig)
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        values = read_config_file(args.config) if args.config is not None else {}
+        apply_flags(values, args, FitConfig)
+        config = load_config(None, values)
+    except ConfigError as e:
+        where = f"{args.config}: " if args.config is not None else ""
+        print(f"fit: {where}{e}", file=sys.stderr)
+        return 2
+    if args.print_config:
+        print(json.dumps(config.to_dict(), indent=2))
+        return 0
+    try:
+        train(config)
+    except (ConfigError, CorpusError, CheckpointError, TokenizerError, ckpt.ResumeError, TrainingError) as e:
+        print(f"fit: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"fit: interrupted; resume from the last checkpoint in {config.output.dir}", file=sys.stderr)
+        return 130
+    finally:
+        cleanup()
+    return 0
