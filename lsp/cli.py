@@ -1,34 +1,57 @@
-"""The `codellama-lsp` command: serve (the default), complete, check, convert."""
+"""The `codellama-lsp` command: serve (the default), complete, check, convert.
+
+The engine (and with it torch, seconds to import) is imported inside the commands that
+use it, so that `codellama-lsp` answers the editor's `initialize` at once and loads the
+model in the background.
+"""
 
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 import time
+import typing
 from pathlib import Path
 
-from engine.checkpoints import CheckpointError, load_model, save_checkpoint
-from engine.defaults import default_model_path
-from engine.generate import SamplingParams
-from engine.prompts import INFILL_FORMATS
-from engine.quantize import QUANTIZATIONS, QuantizationError
-from engine.session import InfillEngine, PromptTooLong
-from engine.tokenizer import TokenizerError
-from engine.window import cursor_window
+from lsp.settings import Device, PromptFormat, Quantization, Settings
 
-USER_ERRORS = (CheckpointError, TokenizerError, QuantizationError, PromptTooLong, ValueError, OSError)
+QUANTIZATIONS = typing.get_args(Quantization)
+INFILL_FORMATS = typing.get_args(PromptFormat)
+DEFAULT_PORT = 2087
+
+
+def user_errors() -> tuple[type[Exception], ...]:
+    """Errors that are the user's input, not a bug: reported in one line, exit status 2."""
+    from engine.checkpoints import CheckpointError
+    from engine.quantize import QuantizationError
+    from engine.session import PromptTooLong
+    from engine.tokenizer import TokenizerError
+
+    return (CheckpointError, TokenizerError, QuantizationError, PromptTooLong, ValueError, OSError)
 
 
 def add_engine_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--model", help="checkpoint folder (Hugging Face, Meta or codellama-lsp); default: the shipped model"
     )
-    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    parser.add_argument("--device", default="auto", choices=typing.get_args(Device))
     parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
     parser.add_argument("--quantize", default="none", choices=QUANTIZATIONS)
+    parser.add_argument(
+        "--threads", type=int, help="CPU threads for torch (server and check: default one CPU less than torch's choice)"
+    )
 
 
-def load_engine(args: argparse.Namespace, max_seq_len: int = 4096, cache_slots: int = 2) -> InfillEngine:
+def load_engine(args: argparse.Namespace, max_seq_len: int = 4096, cache_slots: int = 2):
+    from engine.checkpoints import load_model
+    from engine.defaults import default_model_path
+    from engine.session import InfillEngine
+
+    if getattr(args, "threads", None):
+        import torch
+
+        torch.set_num_threads(args.threads)
     started = time.perf_counter()
     path = Path(args.model) if args.model else default_model_path()
     model, tokenizer, info = load_model(path, args.device, args.dtype, args.quantize)
@@ -62,6 +85,9 @@ def cursor_offset(text: str, file: Path, line: int, col: int) -> int:
 
 
 def run_complete(args: argparse.Namespace) -> int:
+    from engine.generate import SamplingParams
+    from engine.window import cursor_window
+
     file, line, col = parse_location(args.location)
     try:
         text = file.read_text(encoding="utf-8")
@@ -94,6 +120,9 @@ def run_complete(args: argparse.Namespace) -> int:
 
 
 def run_convert(args: argparse.Namespace) -> int:
+    from engine.checkpoints import load_model, save_checkpoint
+    from engine.defaults import default_model_path
+
     path = Path(args.model) if args.model else default_model_path()
     model, tokenizer, info = load_model(path, "cpu", args.dtype)
     out = save_checkpoint(args.out, model, tokenizer.path, quantize=args.quantize)
@@ -101,12 +130,55 @@ def run_convert(args: argparse.Namespace) -> int:
     return 0
 
 
+def configure_logging(log_file: str | None, level: str | None) -> None:
+    # stdout carries the protocol over stdio: logs go to stderr (editors show it) or a file.
+    handler = logging.FileHandler(log_file, encoding="utf-8") if log_file else logging.StreamHandler(sys.stderr)
+    numeric = getattr(logging, (level or ("info" if log_file else "warning")).upper())
+    logging.basicConfig(level=numeric, handlers=[handler], format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # pygls logs every message body at INFO: megabytes per keystroke with large documents.
+    logging.getLogger("pygls").setLevel(max(numeric, logging.WARNING))
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    configure_logging(args.log_file, args.log_level)
+    from lsp.server import server
+
+    server.base_settings = Settings(model=args.model, device=args.device, quantize=args.quantize)
+    server.dtype, server.threads = args.dtype, args.threads
+    if args.tcp:
+        logging.getLogger(__name__).warning("codellama-lsp listening on %s:%s", args.host, args.port)
+        server.start_tcp(args.host, args.port)
+    else:
+        server.start_io()
+    return 0
+
+
+def run_check_command(args: argparse.Namespace) -> int:
+    from lsp.check import run_check
+
+    return run_check(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="codellama-lsp",
         description="Code Llama infilling language server. With no command, serves LSP over stdio.",
     )
+    add_engine_options(parser)
+    parser.add_argument("--tcp", action="store_true", help="serve over TCP instead of stdio")
+    parser.add_argument("--host", default="127.0.0.1", help="TCP address to listen on (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"TCP port (default {DEFAULT_PORT})")
+    parser.add_argument("--log-file", help="write the server's log here instead of stderr")
+    parser.add_argument(
+        "--log-level", choices=["debug", "info", "warning", "error"], help="default: info to a file, warning to stderr"
+    )
+    parser.set_defaults(run=run_serve)
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    check = commands.add_parser("check", help="load the model and run a test completion: what is wrong?")
+    add_engine_options(check)
+    check.add_argument("--max-tokens", type=int, default=32)
+    check.set_defaults(run=run_check_command)
 
     complete = commands.add_parser("complete", help="print the middle generated at FILE:LINE:COL (1-based)")
     add_engine_options(complete)
@@ -133,11 +205,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.command is None:
-        parser.error("the language server is not built yet; use `codellama-lsp complete FILE:LINE:COL`")
     try:
         return args.run(args)
-    except USER_ERRORS as e:
+    except Exception as e:
+        if not isinstance(e, user_errors()):
+            raise
         print(f"codellama-lsp: error: {e}", file=sys.stderr)
         return 2
 

@@ -1,0 +1,96 @@
+"""`codellama-lsp check`: is the model found, where does it run, what does it cost, does it answer?
+
+The first thing a user runs when completions do not appear. It loads the model exactly
+as the server does (lsp.loading) and times two completions: a cold one, and one with a
+character more, which shows whether the KV cache is reused across keystrokes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+from lsp.loading import ModelSpec, load, model_path
+from lsp.settings import Settings
+
+PREFIX = 'def fibonacci(n):\n    """Return the n-th Fibonacci number."""\n    if n < 2:\n        return n\n    return '
+SUFFIX = "\n\n\nprint(fibonacci(10))\n"
+
+
+def memory_bytes() -> tuple[int | None, str]:
+    """(resident set size, how it was measured) of this process."""
+    try:
+        import psutil
+
+        return psutil.Process().memory_info().rss, "RSS"
+    except ImportError:
+        pass
+    try:
+        import resource
+
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return (peak if sys.platform == "darwin" else peak * 1024), "peak RSS"
+    except ImportError:
+        return None, "RSS"
+
+
+def mib(n: int | None) -> str:
+    return "unknown" if n is None else f"{n / 2**20:,.0f} MiB"
+
+
+def device_description(device: str) -> str:
+    import torch
+
+    if device.startswith("cuda"):
+        return f"{device} ({torch.cuda.get_device_name(torch.device(device))}, torch {torch.__version__})"
+    return f"{device} ({torch.get_num_threads()} threads, torch {torch.__version__})"
+
+
+def run_check(args: argparse.Namespace, out=sys.stdout) -> int:
+    def say(label: str, value: str) -> None:
+        print(f"{label + ':' if label else '':<18}{value}", file=out, flush=True)
+
+    settings = Settings(model=args.model, device=args.device, quantize=args.quantize, max_tokens=args.max_tokens)
+    spec = ModelSpec.from_settings(settings, args.dtype, args.threads)
+    try:
+        path = model_path(spec)
+    except Exception as e:
+        say("model", f"NOT FOUND: {e}")
+        return 1
+    say("model", str(path))
+    try:
+        loaded = load(spec)
+    except Exception as e:
+        say("load", f"FAILED: {e}")
+        return 1
+    engine = loaded.engine
+    say("parameters", f"{loaded.parameters / 1e6:,.1f}M")
+    say("device", device_description(loaded.device))
+    say("dtype", loaded.dtype)
+    say("quantization", loaded.quantization)
+    say("load time", f"{loaded.load_s:.2f} s")
+    rss, how = memory_bytes()
+    say("memory", f"{how} {mib(rss)}; KV cache {mib(engine.cache_bytes())} ({spec.max_seq_len} tokens x 2 slots)")
+    if loaded.device.startswith("cuda"):
+        import torch
+
+        say("GPU memory", f"{mib(torch.cuda.memory_allocated())} allocated")
+
+    from engine.generate import SamplingParams
+
+    params = SamplingParams(max_new_tokens=args.max_tokens, temperature=0.0, time_budget_s=30.0)
+    for label, prefix in (("test completion", PREFIX), ("next keystroke", PREFIX + "f")):
+        started = time.perf_counter()
+        completion = engine.complete(prefix, SUFFIX, params=params)
+        ms = (time.perf_counter() - started) * 1000
+        s = completion.stats
+        text = completion.text if len(completion.text) <= 120 else completion.text[:117] + "..."
+        say(label, f"{ms:.0f} ms: {text!r}")
+        say(
+            "",
+            f"prompt {s.prompt_tokens} tokens ({s.reused_tokens} from the KV cache, {s.prefilled_tokens} prefilled "
+            f"in {s.prefill_s * 1000:.0f} ms); {s.generated_tokens} generated in {s.decode_s * 1000:.0f} ms "
+            f"({s.decode_tokens_per_s:.1f} tokens/s), stopped at {s.stop_reason}",
+        )
+    return 0

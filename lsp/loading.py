@@ -1,0 +1,130 @@
+"""Loading a model for the server: which one, with which KV cache, and what it cost.
+
+The engine (and torch) is imported here lazily, inside `load`: the server answers
+`initialize` at once and pays for torch in the background.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from lsp.settings import Settings
+
+if TYPE_CHECKING:
+    from engine.session import InfillEngine
+
+CACHE_SLOTS = 2
+"""Sequences kept in the KV cache: two files stay warm while the user switches between them."""
+PROMPT_MARGIN = 16
+"""Special tokens of the infilling layout, plus slack for the tokenizer's estimate."""
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What to load. Two specs with the same weights_key share the loaded weights."""
+
+    model: str | None
+    """Checkpoint folder; None is the shipped default."""
+    device: str = "auto"
+    quantize: str = "none"
+    dtype: str = "auto"
+    max_seq_len: int = 2048
+    """KV-cache length: the longest prompt plus the generated tokens."""
+    threads: int | None = None
+    """CPU threads for torch; None is default_threads()."""
+
+    @property
+    def weights_key(self) -> tuple:
+        return (self.model, self.device, self.quantize, self.dtype)
+
+    @classmethod
+    def from_settings(cls, settings: Settings, dtype: str = "auto", threads: int | None = None) -> ModelSpec:
+        p = settings.prompt
+        needed = p.prefix_tokens + p.suffix_tokens + p.context_tokens + settings.max_tokens + PROMPT_MARGIN
+        # Round up so small budget changes do not reallocate the cache.
+        return cls(settings.model, settings.device, settings.quantize, dtype, -(-needed // 512) * 512, threads)
+
+
+@dataclass
+class LoadedModel:
+    engine: InfillEngine
+    path: str
+    device: str
+    dtype: str
+    quantization: str
+    parameters: int
+    load_s: float
+    spec: ModelSpec
+
+    def describe(self) -> str:
+        return (
+            f"{self.path} ({self.parameters / 1e6:.1f}M parameters) on {self.device} as {self.dtype}, "
+            f"quantization {self.quantization}, loaded in {self.load_s:.2f} s"
+        )
+
+
+def default_threads() -> int:
+    """torch's default (one per physical core) less one CPU, at least 1.
+
+    The editor and this server's I/O threads need a core too: when one of torch's threads
+    is descheduled, every parallel op waits for it. Measured in lsp.bench on this 2-core
+    machine, busy with other work: 15M-parameter model, 2 threads p50/p95 5988/7511 ms,
+    1 thread 234/324 ms.
+    """
+    import torch
+
+    return max(1, min(torch.get_num_threads(), (os.cpu_count() or 1) - 1))
+
+
+def model_path(spec: ModelSpec) -> Path:
+    from engine.defaults import default_model_path
+
+    return Path(spec.model).expanduser() if spec.model else default_model_path()
+
+
+def load(spec: ModelSpec) -> LoadedModel:
+    """Load weights and tokenizer and allocate the KV cache; raises the engine's errors."""
+    started = time.perf_counter()
+    import torch
+
+    from engine.checkpoints import load_model
+    from engine.session import InfillEngine
+
+    torch.set_num_threads(spec.threads or default_threads())
+    path = model_path(spec)
+    model, tokenizer, info = load_model(path, spec.device, spec.dtype, spec.quantize)
+    engine = InfillEngine(model, tokenizer, max_seq_len=spec.max_seq_len, cache_slots=CACHE_SLOTS)
+    warm_up(engine)
+    return LoadedModel(
+        engine=engine,
+        path=str(path),
+        device=str(engine.device),
+        dtype=str(engine.dtype).removeprefix("torch."),
+        quantization=info.quantization if info.quantization != "none" else spec.quantize,
+        parameters=model.num_parameters(),
+        load_s=time.perf_counter() - started,
+        spec=spec,
+    )
+
+
+def warm_up(engine: InfillEngine) -> None:
+    """One tiny completion, so the first real request does not pay for first-call allocations."""
+    from engine.generate import SamplingParams
+
+    engine.complete("def f(x):\n    ", "\n", params=SamplingParams(max_new_tokens=2))
+    engine.reset_cache()
+
+
+def resize(loaded: LoadedModel, spec: ModelSpec) -> LoadedModel:
+    """Same weights, a KV cache of another length (after the prompt budgets changed)."""
+    from engine.session import InfillEngine
+
+    model, tokenizer = loaded.engine.model, loaded.engine.tokenizer
+    loaded.engine = None  # type: ignore[assignment]  # free the old cache before allocating the new one
+    loaded.engine = InfillEngine(model, tokenizer, max_seq_len=spec.max_seq_len, cache_slots=CACHE_SLOTS)
+    loaded.spec = spec
+    return loaded

@@ -1,0 +1,188 @@
+"""The text around the cursor that the model sees: a token-budgeted window, plus context.
+
+Latency grows with the prompt, so the window is about 3:1 prefix:suffix tokens around
+the cursor (llama.cpp's infill does the same). Code Llama has no repository-level FIM
+tokens, so snippets of other open documents go before the prefix as comment lines that
+name their paths (as Tabby and Continue do).
+
+Everything here is chosen so consecutive keystrokes give prompts with a long common
+token prefix, which the engine's KV cache reuses: the window start only moves in
+blocks (engine.window.cursor_window), and the snippets only change when another
+document changes or the cursor leaves its group of lines.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from engine.window import CursorWindow
+
+CHARS_PER_TOKEN = 3
+"""First guess for the character window; code averages a little more per Llama token."""
+WINDOW_BLOCK = 512
+"""The window shrinks, and its start moves, in steps of this many characters."""
+SNIPPET_LINES = 24
+"""Lines per snippet of another document."""
+QUERY_LINES = 20
+"""Lines above the cursor whose identifiers pick the snippets."""
+QUERY_STEP = 8
+"""The query only moves every this many lines, so the snippets (and the cache) stay put."""
+MAX_SCANNED_LINES = 20_000
+"""Lines of another document searched for a snippet (huge files are cut)."""
+
+IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]{2,}")
+HASH_COMMENT = set(
+    "python ruby perl r shellscript sh bash zsh fish yaml toml make makefile dockerfile cmake elixir julia "
+    "powershell nim coffeescript awk".split()
+)
+DASH_COMMENT = {"lua", "sql", "haskell", "ada", "elm", "vhdl"}
+SEMICOLON_COMMENT = {"lisp", "clojure", "scheme", "racket", "commonlisp", "fennel"}
+PERCENT_COMMENT = {"erlang", "tex", "latex", "matlab", "prolog"}
+
+CountTokens = Callable[[str], int]
+
+
+@dataclass(frozen=True)
+class ContextSource:
+    """Another open document that may lend a snippet."""
+
+    path: str
+    """As shown to the model: relative to the workspace root when possible."""
+    text: str
+    version: tuple = ()
+    """Identifies this text (e.g. uri and version) so its snippets can be cached."""
+
+
+@dataclass(frozen=True)
+class PromptText:
+    prefix: str
+    """Context comments, then the document's text before the cursor."""
+    suffix: str
+    """The document's text after the cursor."""
+    context: str
+    """The context part of the prefix (empty when there is none)."""
+    window: CursorWindow
+
+
+def comment_marker(language_id: str) -> str:
+    language = language_id.lower()
+    if language in HASH_COMMENT:
+        return "#"
+    if language in DASH_COMMENT:
+        return "--"
+    if language in SEMICOLON_COMMENT:
+        return ";;"
+    if language in PERCENT_COMMENT:
+        return "%"
+    if language == "vim":
+        return '"'
+    return "//"
+
+
+def fit_window(text: str, offset: int, count: CountTokens, prefix_tokens: int, suffix_tokens: int) -> CursorWindow:
+    """The largest block-aligned window whose prefix and suffix fit their token budgets."""
+    # Imported here: `import engine.window` runs engine/__init__.py, which imports torch, and
+    # the server must answer `initialize` before torch has loaded (it loads on the worker).
+    from engine.window import cursor_window
+
+    prefix_chars, suffix_chars = prefix_tokens * CHARS_PER_TOKEN, suffix_tokens * CHARS_PER_TOKEN
+    while True:
+        window = cursor_window(text, offset, prefix_chars, suffix_chars, WINDOW_BLOCK)
+        prefix_over = prefix_chars > 0 and count(window.prefix) > prefix_tokens
+        suffix_over = suffix_chars > 0 and count(window.suffix) > suffix_tokens
+        if not (prefix_over or suffix_over):
+            return window
+        if prefix_over:
+            prefix_chars = max(0, prefix_chars - WINDOW_BLOCK)
+        if suffix_over:
+            suffix_chars = max(0, suffix_chars - WINDOW_BLOCK)
+
+
+def query_text(prefix: str, cursor_line: int) -> str:
+    """Lines above the cursor that stand for "what is being written", in steps of QUERY_STEP lines."""
+    lines = prefix.split("\n")[:-1]  # complete lines only: the cursor's line changes at each key
+    keep = len(lines) - cursor_line % QUERY_STEP
+    return "\n".join(lines[max(0, keep - QUERY_LINES) : max(0, keep)])
+
+
+def best_snippet(text: str, query: str, max_lines: int = SNIPPET_LINES) -> tuple[str, ...]:
+    """The run of lines of `text` sharing the most identifiers with `query` (Jaccard), or its start."""
+    lines = text.splitlines()[:MAX_SCANNED_LINES]
+    wanted = set(IDENTIFIER.findall(query))
+    best, best_score = 0, 0.0
+    if wanted:
+        for start in range(0, max(1, len(lines) - max_lines // 2), max_lines // 2):
+            words = set(IDENTIFIER.findall("\n".join(lines[start : start + max_lines])))
+            score = len(words & wanted) / len(words | wanted) if words else 0.0
+            if score > best_score:
+                best, best_score = start, score
+    return tuple(lines[best : best + max_lines])
+
+
+def format_snippet(path: str, lines: Sequence[str], marker: str) -> str:
+    body = "".join(f"{marker} {line}".rstrip() + "\n" for line in lines)
+    return f"{marker} Path: {path}\n{body}{marker}\n"
+
+
+class SnippetCache:
+    """Remembers the snippet picked per (document version, query): scanning a big file takes milliseconds."""
+
+    def __init__(self, size: int = 256) -> None:
+        self.size = size
+        self._snippets: OrderedDict[tuple, tuple[str, ...]] = OrderedDict()
+
+    def snippet(self, source: ContextSource, query: str) -> tuple[str, ...]:
+        if not source.version:
+            return best_snippet(source.text, query)
+        key = (source.version, query)
+        if key in self._snippets:
+            self._snippets.move_to_end(key)
+        else:
+            self._snippets[key] = best_snippet(source.text, query)
+            if len(self._snippets) > self.size:
+                self._snippets.popitem(last=False)
+        return self._snippets[key]
+
+
+def context_comments(
+    sources: Sequence[ContextSource], language_id: str, query: str, count: CountTokens, budget: int, cache: SnippetCache
+) -> str:
+    """Snippets of other documents, most recently used first, within `budget` tokens."""
+    marker = comment_marker(language_id)
+    parts = []
+    for source in sources:
+        lines = cache.snippet(source, query)
+        while lines:
+            block = format_snippet(source.path, lines, marker)
+            cost = count(block)
+            if cost <= budget:
+                parts.append(block)
+                budget -= cost
+                break
+            lines = lines[: len(lines) // 2]
+    return "".join(parts)
+
+
+def build_prompt(
+    text: str,
+    offset: int,
+    cursor_line: int,
+    language_id: str,
+    sources: Sequence[ContextSource],
+    count: CountTokens,
+    prefix_tokens: int,
+    suffix_tokens: int,
+    context_tokens: int,
+    cache: SnippetCache | None = None,
+) -> PromptText:
+    window = fit_window(text, offset, count, prefix_tokens, suffix_tokens)
+    context = ""
+    if sources and context_tokens > 0:
+        query = query_text(window.prefix, cursor_line)
+        context = context_comments(sources, language_id, query, count, context_tokens, cache or SnippetCache())
+    return PromptText(context + window.prefix, window.suffix, context, window)

@@ -1,0 +1,442 @@
+"""The language server: a module-level pygls server and one small handler per LSP method.
+
+Handlers are coroutines that never do model work: completions go to the inference
+worker (lsp/worker.py) and are awaited, so `$/cancelRequest` cancels the awaiting task
+and the worker stops the generation within one decode step. The flow of one request
+is in `CodeLlamaServer.complete`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+import uuid
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any
+
+from lsprotocol import types
+from pygls.exceptions import JsonRpcInvalidParams
+from pygls.lsp.server import LanguageServer
+from pygls.uris import to_fs_path
+
+from lsp.completer import CompletionOutcome, CompletionTask
+from lsp.documents import UTF16, Cursor, Document, DocumentStore, PositionError, code_units
+from lsp.loading import ModelSpec
+from lsp.postprocess import CursorContext, trim_auto_closed
+from lsp.prompt import ContextSource
+from lsp.protocol import CodeLlamaProtocol
+from lsp.settings import Settings, with_overrides
+from lsp.status import Status, package_version
+from lsp.typed_through import TypedThrough
+from lsp.worker import InferenceWorker, ModelEvent
+
+log = logging.getLogger(__name__)
+
+ACCEPT_COMMAND = "codellama.accept"
+STATUS_REQUEST = "codellama/status"
+STATUS_NOTIFICATION = "codellama/didChangeStatus"
+SHOWN_MEMORY = 256
+"""Completion ids remembered for codellama.accept."""
+PARENT_POLL_S = 5.0
+"""How often to check that the editor that started the server is still alive."""
+
+
+@dataclass(frozen=True)
+class Answer:
+    """A completion, in the terms both inline and classic completion items need."""
+
+    id: str
+    line: int
+    end: int
+    """Range end character, in the client's position units (the start is the line's start)."""
+    insert_text: str
+    """The line's text before the cursor, then the completion."""
+    completion: str
+    """Just the new text."""
+
+
+class CodeLlamaServer(LanguageServer):
+    def __init__(self) -> None:
+        super().__init__(
+            "codellama-lsp",
+            package_version(),
+            text_document_sync_kind=types.TextDocumentSyncKind.Incremental,
+            protocol_cls=CodeLlamaProtocol,
+        )
+        self.base_settings = Settings()
+        """From the command line; the client's settings override them."""
+        self.dtype = "auto"
+        self.threads: int | None = None
+        self.settings = Settings()
+        self.documents = DocumentStore()
+        self.status = Status()
+        self.typed_through = TypedThrough()
+        self.shown: OrderedDict[str, str] = OrderedDict()
+        self.worker: InferenceWorker | None = None
+        self.encoding = UTF16
+        self.root: str | None = None
+        self.model_state = "loading"
+        self.model_settled = asyncio.Event()
+        self.pending_problems: list[str] = []
+        self.background: set[asyncio.Task] = set()
+
+    def spawn(self, coroutine: Any) -> None:
+        """Run a coroutine in the background, holding a reference so it is not collected midway."""
+        task = asyncio.ensure_future(coroutine)
+        self.background.add(task)
+        task.add_done_callback(self.background.discard)
+
+    # ---- settings and the model ----
+
+    def apply_settings(self, settings: Settings) -> None:
+        """Use new settings: (re)load the model if they name another one."""
+        self.settings = settings
+        self.typed_through.clear()
+        if self.worker is not None and settings.enable:
+            self.worker.load(ModelSpec.from_settings(settings, self.dtype, self.threads))
+        state = self.model_state if settings.enable else "disabled"
+        if state != self.status.state:
+            self.status.state = state
+            self.publish_status()
+
+    def status_json(self) -> dict[str, Any]:
+        return self.status.to_json(generating=self.worker is not None and self.worker.busy)
+
+    def publish_status(self) -> None:
+        self.protocol.notify(STATUS_NOTIFICATION, self.status_json())
+
+    def on_model_event(self, event: ModelEvent) -> None:
+        """Runs on the event loop (the worker posts it here)."""
+        self.status.model = event.spec.model or "(default model)"
+        self.status.quantize = event.spec.quantize
+        self.model_state = event.state
+        if event.state == "loading":
+            self.model_settled.clear()
+            self.status.message = f"loading {self.status.model}"
+            self.spawn(self.report_load_progress(self.status.model))
+        elif event.state == "ready" and event.loaded is not None:
+            loaded = event.loaded
+            self.status.model, self.status.device = loaded.path, loaded.device
+            self.status.quantize, self.status.load_seconds = loaded.quantization, round(loaded.load_s, 3)
+            self.status.message = f"loaded {loaded.describe()}"
+            log.info("%s", self.status.message)
+            self.window_log_message(types.LogMessageParams(types.MessageType.Info, self.status.message))
+            self.model_settled.set()
+        elif event.state == "error":
+            self.status.message = event.message
+            self.show(types.MessageType.Error, f"codellama-lsp could not load the model: {event.message}")
+            self.model_settled.set()
+        self.status.state = event.state if self.settings.enable else "disabled"
+        self.publish_status()
+
+    async def report_load_progress(self, model: str) -> None:
+        """`$/progress` while the model loads (when the client shows work-done progress)."""
+        window = self.client_capabilities.window
+        if not (window and window.work_done_progress):
+            return
+        token = f"codellama-load-{uuid.uuid4()}"
+        try:
+            await asyncio.wait_for(self.work_done_progress.create_async(token), timeout=10)
+        except Exception as e:  # the client refused or never answered: no progress bar then
+            log.info("no progress token: %s", e)
+            return
+        self.work_done_progress.begin(
+            token, types.WorkDoneProgressBegin(title="Code Llama", message=f"loading {model}")
+        )
+        await self.model_settled.wait()
+        done = "ready" if self.model_state == "ready" else "failed: see the error message"
+        self.work_done_progress.end(token, types.WorkDoneProgressEnd(message=f"model {done}"))
+
+    def show(self, kind: types.MessageType, message: str) -> None:
+        log.warning("%s", message)
+        self.window_show_message(types.ShowMessageParams(kind, message))
+
+    def start_worker(self) -> None:
+        loop = asyncio.get_running_loop()
+
+        def post_event(event: ModelEvent) -> None:
+            loop.call_soon_threadsafe(self.on_model_event, event)
+
+        def post_stats(stats: Any) -> None:
+            loop.call_soon_threadsafe(self.status.record_generation, stats)
+
+        self.worker = InferenceWorker(post_event, post_stats)
+        self.worker.start()
+
+    # ---- completions ----
+
+    def context_sources(self, uri: str) -> tuple[ContextSource, ...]:
+        sources = []
+        for doc in self.documents.recently_used(uri, self.settings.prompt.context_files):
+            path = to_fs_path(doc.uri) or doc.uri
+            if self.root and path.startswith(self.root.rstrip(os.sep) + os.sep):
+                path = os.path.relpath(path, self.root)
+            sources.append(ContextSource(path, doc.text, (doc.uri, doc.version, len(doc.text))))
+        return tuple(sources)
+
+    async def complete(
+        self, uri: str, position: types.Position, selected: types.SelectedCompletionInfo | None = None
+    ) -> Answer | None:
+        """The completion at a position, or None (no model, disabled, bad position, nothing useful)."""
+        started = time.perf_counter()
+        self.status.requests += 1
+        doc = self.documents.get(uri)
+        if doc is None:
+            log.info("completion for a document that is not open: %s", uri)
+            return None
+        if not self.settings.enable or self.model_state != "ready" or self.worker is None:
+            return None
+        try:
+            cursor = doc.cursor_at(position, self.encoding)
+        except PositionError as e:
+            log.info("%s", e)
+            return None
+        self.documents.touch(uri)
+        if selected is None and (rest := self.typed_through.remainder(uri, doc.text, cursor.offset)) is not None:
+            self.status.typed_through += 1
+            rest, replace = trim_auto_closed(rest, cursor.line_after)
+            return self.answer(uri, doc.text, cursor, cursor.line_before, rest, cursor.offset + replace)
+        text, offset, resume = self.as_if_accepted(doc, cursor, selected)
+        line_end = offset + len(cursor.line_after) - (resume - cursor.offset)
+        task = CompletionTask(
+            uri=uri,
+            text=text,
+            offset=offset,
+            line=position.line,
+            language_id=doc.language_id,
+            cursor=CursorContext.around(text, offset, cursor.line_start, line_end),
+            sources=self.context_sources(uri),
+            settings=self.settings,
+        )
+        outcome = await self.run(task)
+        if outcome is None:
+            return None
+        self.status.latencies_ms.append((time.perf_counter() - started) * 1000)
+        if outcome.edit is None:
+            return None
+        if text is doc.text and task.settings is self.settings:  # not made with settings changed since
+            self.typed_through.remember(uri, text, offset, outcome.edit.text)
+        head = text[cursor.line_start : offset]
+        return self.answer(uri, doc.text, cursor, head, outcome.edit.text, resume + outcome.edit.replace)
+
+    def as_if_accepted(
+        self, doc: Document, cursor: Cursor, selected: types.SelectedCompletionInfo | None
+    ) -> tuple[str, int, int]:
+        """(text, cursor, resume): the document as if the item selected in the editor's completion
+        menu were accepted, the cursor after it, and the offset where the real document's text
+        after the cursor resumes. The ghost text must extend the selected item (LSP 3.18)."""
+        unchanged = (doc.text, cursor.offset, cursor.offset)
+        if selected is None or not selected.range.start.line == selected.range.end.line == cursor.line:
+            return unchanged
+        start, _ = doc.offset_at(selected.range.start, self.encoding)
+        end, _ = doc.offset_at(selected.range.end, self.encoding)
+        if not start <= cursor.offset <= end:  # an item that does not replace the text at the cursor
+            return unchanged
+        return doc.text[:start] + selected.text + doc.text[end:], start + len(selected.text), end
+
+    async def run(self, task: CompletionTask) -> CompletionOutcome | None:
+        """Hand the task to the worker and wait; None when it was cancelled or failed."""
+        assert self.worker is not None
+        future = asyncio.get_running_loop().create_future()
+        job = self.worker.submit(task, future)
+        try:
+            outcome: CompletionOutcome = await future
+        except asyncio.CancelledError:  # $/cancelRequest, or shutdown
+            self.worker.withdraw(job, future)
+            self.status.cancelled += 1
+            raise
+        if outcome.cancelled:
+            self.status.cancelled += 1
+            return None
+        if outcome.error is not None:
+            self.status.failed += 1
+            log.warning("completion failed: %s", outcome.error)
+            return None
+        self.status.served += 1
+        return outcome
+
+    def answer(self, uri: str, doc_text: str, cursor: Cursor, head: str, completion: str, end: int) -> Answer:
+        """Replace the cursor's line from its start to document offset `end` with head + completion."""
+        answer_id = uuid.uuid4().hex
+        self.shown[answer_id] = uri
+        while len(self.shown) > SHOWN_MEMORY:
+            self.shown.popitem(last=False)
+        end_units = code_units(doc_text[cursor.line_start : end], self.encoding)
+        return Answer(answer_id, cursor.line, end_units, head + completion, completion)
+
+
+server = CodeLlamaServer()
+
+
+# ---- lifecycle ----
+
+
+@server.feature(types.INITIALIZE)
+def initialize(ls: CodeLlamaServer, params: types.InitializeParams) -> None:
+    encoding = ls.workspace.position_encoding or UTF16
+    ls.encoding = getattr(encoding, "value", encoding)
+    ls.root = to_fs_path(params.root_uri) if params.root_uri else params.root_path
+    options = params.initialization_options
+    if isinstance(options, dict) and set(options) == {"codellama"}:
+        options = options["codellama"]
+    settings, problems = with_overrides(ls.base_settings, options)
+    ls.settings, ls.pending_problems = settings, problems
+
+
+@server.feature(types.INITIALIZED)
+async def initialized(ls: CodeLlamaServer, params: types.InitializedParams) -> None:
+    if ls.pending_problems:
+        ls.show(types.MessageType.Warning, "codellama-lsp initializationOptions: " + "; ".join(ls.pending_problems))
+    ls.start_worker()
+    ls.apply_settings(ls.settings)
+    # POSIX only (os.kill(pid, 0) terminates the process on Windows); and only an editor this
+    # server can see (not one on another machine or in another PID namespace).
+    if ls.process_id and os.name == "posix" and process_alive(ls.process_id):
+        ls.spawn(exit_when_parent_dies(ls.process_id))
+
+
+def process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):  # alive but someone else's (or a platform without signal 0)
+        return True
+    return True
+
+
+async def exit_when_parent_dies(pid: int) -> None:
+    """An editor that crashed leaves no one to send `exit`: don't hold gigabytes of model forever."""
+    while process_alive(pid):
+        await asyncio.sleep(PARENT_POLL_S)
+    log.warning("the editor (process %s) is gone: exiting", pid)
+    logging.shutdown()
+    os._exit(1)
+
+
+@server.feature(types.SHUTDOWN)
+def shutdown(ls: CodeLlamaServer, params: None) -> None:
+    if ls.worker is not None:
+        ls.worker.stop()
+
+
+# ---- documents ----
+
+
+@server.feature(types.TEXT_DOCUMENT_DID_OPEN)
+def did_open(ls: CodeLlamaServer, params: types.DidOpenTextDocumentParams) -> None:
+    d = params.text_document
+    ls.documents.open(d.uri, d.text, d.version, d.language_id)
+
+
+@server.feature(types.TEXT_DOCUMENT_DID_CHANGE)
+def did_change(ls: CodeLlamaServer, params: types.DidChangeTextDocumentParams) -> None:
+    doc = ls.documents.get(params.text_document.uri)
+    if doc is None:
+        log.info("didChange for a document that is not open: %s", params.text_document.uri)
+        return
+    for change in params.content_changes:
+        doc.apply(change, ls.encoding)
+    doc.version = params.text_document.version
+    ls.documents.touch(doc.uri)
+
+
+@server.feature(types.TEXT_DOCUMENT_DID_CLOSE)
+def did_close(ls: CodeLlamaServer, params: types.DidCloseTextDocumentParams) -> None:
+    ls.documents.close(params.text_document.uri)
+    ls.typed_through.forget(params.text_document.uri)
+
+
+# ---- completions ----
+
+
+@server.feature(types.TEXT_DOCUMENT_INLINE_COMPLETION, types.InlineCompletionOptions())
+async def text_document_inline_completion(
+    ls: CodeLlamaServer, params: types.InlineCompletionParams
+) -> types.InlineCompletionList:
+    selected = params.context.selected_completion_info if params.context else None
+    answer = await ls.complete(params.text_document.uri, params.position, selected)
+    if answer is None:
+        ls.status.empty += 1
+        return types.InlineCompletionList(items=[])
+    item = types.InlineCompletionItem(
+        insert_text=answer.insert_text,
+        range=line_range(answer),
+        command=types.Command(title="Accept completion", command=ACCEPT_COMMAND, arguments=[{"id": answer.id}]),
+    )
+    return types.InlineCompletionList(items=[item])
+
+
+@server.feature(types.TEXT_DOCUMENT_COMPLETION, types.CompletionOptions())
+async def text_document_completion(ls: CodeLlamaServer, params: types.CompletionParams) -> types.CompletionList:
+    answer = await ls.complete(params.text_document.uri, params.position)
+    if answer is None:
+        ls.status.empty += 1
+        return types.CompletionList(is_incomplete=True, items=[])
+    first_line = answer.insert_text.split("\n", 1)[0].strip()
+    item = types.CompletionItem(
+        label=first_line if len(first_line) <= 60 else first_line[:57] + "...",
+        kind=types.CompletionItemKind.Text,
+        detail="Code Llama",
+        documentation=answer.completion,
+        filter_text=answer.insert_text,
+        text_edit=types.TextEdit(range=line_range(answer), new_text=answer.insert_text),
+        insert_text_format=types.InsertTextFormat.PlainText,
+        sort_text="0",
+        preselect=True,
+        command=types.Command(title="Accept completion", command=ACCEPT_COMMAND, arguments=[{"id": answer.id}]),
+    )
+    # Incomplete: every keystroke changes the completion, so the client must ask again.
+    return types.CompletionList(is_incomplete=True, items=[item])
+
+
+def line_range(answer: Answer) -> types.Range:
+    return types.Range(types.Position(answer.line, 0), types.Position(answer.line, answer.end))
+
+
+# ---- commands, settings, status ----
+
+
+@server.command(ACCEPT_COMMAND)
+def codellama_accept(ls: CodeLlamaServer, *args: Any) -> None:
+    if len(args) != 1 or not isinstance(args[0], dict) or not isinstance(args[0].get("id"), str):
+        raise JsonRpcInvalidParams(f'{ACCEPT_COMMAND}: expected arguments [{{"id": string}}], got {list(args)!r}')
+    uri = ls.shown.pop(args[0]["id"], None)
+    if uri is None:
+        log.info("%s: unknown completion id %s", ACCEPT_COMMAND, args[0]["id"])
+        return
+    ls.status.accepted += 1
+    ls.typed_through.forget(uri)
+
+
+@server.feature(types.WORKSPACE_DID_CHANGE_CONFIGURATION)
+async def workspace_did_change_configuration(ls: CodeLlamaServer, params: types.DidChangeConfigurationParams) -> None:
+    values = params.settings.get("codellama") if isinstance(params.settings, dict) else None
+    if values is None:
+        values = await pull_configuration(ls)
+    settings, problems = with_overrides(ls.base_settings, values)
+    if problems:
+        ls.show(types.MessageType.Warning, "codellama-lsp settings: " + "; ".join(problems))
+    ls.apply_settings(settings)
+
+
+async def pull_configuration(ls: CodeLlamaServer) -> Any:
+    """The `codellama` section, asked of a client that sent didChangeConfiguration without it."""
+    workspace = ls.client_capabilities.workspace
+    if not (workspace and workspace.configuration):
+        return None
+    try:
+        items = [types.ConfigurationItem(section="codellama")]
+        result = await asyncio.wait_for(ls.workspace_configuration_async(types.ConfigurationParams(items)), 10)
+        return result[0] if result else None
+    except Exception as e:
+        log.info("workspace/configuration failed: %s", e)
+        return None
+
+
+@server.feature(STATUS_REQUEST)
+def codellama_status(ls: CodeLlamaServer, params: Any) -> dict[str, Any]:
+    return ls.status_json()

@@ -1,0 +1,188 @@
+"""The server's settings: a typed dataclass tree, read from the client's camelCase JSON.
+
+Clients send one object (PROTOCOL.md) as `initializationOptions` and as the `codellama`
+section of `workspace/didChangeConfiguration`. `parse_settings` never raises: an unknown
+key or a bad value becomes a problem message (shown to the user) and the default is kept.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+# Mirrors engine.quantize.QUANTIZATIONS (a test checks they agree). Importing the engine
+# here would import torch, and the server answers `initialize` before torch is loaded.
+Quantization = Literal["none", "int8", "int4", "nf4", "bnb-int8"]
+Device = Literal["auto", "cpu", "cuda"]
+Multiline = Literal["auto", "always", "never"]
+PromptFormat = Literal["spm", "psm"]
+
+
+UNION_TYPES = (typing.Union, types.UnionType)
+
+
+def bounded(default: Any, low: float, high: float) -> Any:
+    """A numeric field that must lie in [low, high]."""
+    return field(default=default, metadata={"range": (low, high)})
+
+
+@dataclass
+class PromptSettings:
+    """How much of the documents goes into the prompt (token budgets; latency grows with them)."""
+
+    prefix_tokens: int = bounded(1024, 16, 16384)
+    """Tokens of the current document before the cursor, at most."""
+    suffix_tokens: int = bounded(320, 0, 16384)
+    """Tokens of the current document after the cursor, at most (about 1/3 of the prefix)."""
+    context_files: int = bounded(3, 0, 32)
+    """Other open documents to take snippets from, most recently used first; 0 turns context off."""
+    context_tokens: int = bounded(512, 0, 16384)
+    """Tokens for all snippets of other documents together."""
+    format: PromptFormat = "spm"
+    """Infilling layout: "spm" (suffix first, best KV-cache reuse, with token healing) or "psm"."""
+
+
+@dataclass
+class Settings:
+    """Everything a client can configure (PROTOCOL.md lists the keys in camelCase)."""
+
+    enable: bool = True
+    """Serve completions at all."""
+    model: str | None = None
+    """Checkpoint folder; None is the model shipped with the package."""
+    device: Device = "auto"
+    """Where the model runs: "auto" picks CUDA when available."""
+    quantize: Quantization = "none"
+    """Weight quantization applied at load time."""
+    max_tokens: int = bounded(128, 1, 2048)
+    """Tokens generated per completion at most."""
+    temperature: float = bounded(0.0, 0.0, 2.0)
+    """Sampling temperature; 0 is greedy (deterministic)."""
+    multiline: Multiline = "auto"
+    """"auto": one line when text follows the cursor on its line, several after a block opener."""
+    max_lines: int = bounded(16, 1, 500)
+    """Lines of a multi-line completion at most."""
+    time_budget_ms: int = bounded(2000, 10, 120_000)
+    """Generation stops after this long (the completion so far is still shown)."""
+    prompt: PromptSettings = field(default_factory=PromptSettings)
+    """Prompt budgets and layout."""
+
+
+def camel_to_snake(name: str) -> str:
+    return re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()
+
+
+def snake_to_camel(name: str) -> str:
+    head, *rest = name.split("_")
+    return head + "".join(part.title() for part in rest)
+
+
+def describe(kind: Any) -> str:
+    """Human words for a field's type, used in problem messages."""
+    if typing.get_origin(kind) is Literal:
+        return "one of " + ", ".join(f'"{c}"' for c in typing.get_args(kind))
+    names = {bool: "true or false", int: "an integer", float: "a number", str: "a string", type(None): "null"}
+    if typing.get_origin(kind) in UNION_TYPES:
+        return " or ".join(describe(k) for k in typing.get_args(kind))
+    return names.get(kind, getattr(kind, "__name__", str(kind)))
+
+
+def convert(value: Any, kind: Any) -> tuple[bool, Any]:
+    """(ok, value) for a JSON value checked against a field type."""
+    origin = typing.get_origin(kind)
+    if origin is Literal:
+        return (value in typing.get_args(kind), value)
+    if origin in UNION_TYPES:
+        for option in typing.get_args(kind):
+            ok, converted = convert(value, option)
+            if ok:
+                return True, converted
+        return False, value
+    if kind is type(None):
+        return value is None, None
+    if kind is bool:
+        return isinstance(value, bool), value
+    if kind is int:
+        # JSON has one number type: accept 3.0 but not 3.5, and never true/false.
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return False, value
+        return (float(value).is_integer(), int(value)) if isinstance(value, float) else (True, value)
+    if kind is float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+        return ok, float(value) if ok else value
+    if kind is str:
+        return isinstance(value, str), value
+    return False, value
+
+
+def parse_into(cls: type, values: Any, path: str, problems: list[str]) -> Any:
+    """Build a settings dataclass from a JSON object, collecting problems instead of raising."""
+    result = cls()
+    if values is None:
+        return result
+    if not isinstance(values, dict):
+        problems.append(f"{path or 'settings'}: expected an object, got {type(values).__name__}; using the defaults")
+        return result
+    hints = typing.get_type_hints(cls)
+    known = {f.name: f for f in dataclasses.fields(cls)}
+    for key, value in values.items():
+        name = camel_to_snake(str(key))
+        where = f"{path}.{key}" if path else str(key)
+        if name not in known:
+            problems.append(f"{where}: unknown setting (ignored)")
+            continue
+        kind, spec = hints[name], known[name]
+        if dataclasses.is_dataclass(kind):
+            setattr(result, name, parse_into(kind, value, where, problems))
+            continue
+        ok, converted = convert(value, kind)
+        low, high = spec.metadata.get("range", (None, None))
+        if ok and low is not None and not low <= converted <= high:
+            ok = False
+        if not ok:
+            expected = describe(kind) + (f" from {low} to {high}" if low is not None else "")
+            default = getattr(result, name)
+            problems.append(f"{where}: expected {expected}, got {value!r}; using the default {default!r}")
+            continue
+        setattr(result, name, converted)
+    return result
+
+
+def parse_settings(values: Any, section: str = "codellama") -> tuple[Settings, list[str]]:
+    """Settings from a client's JSON object, plus one message per rejected key or value."""
+    problems: list[str] = []
+    settings = parse_into(Settings, values, section, problems)
+    if settings.model is not None and not settings.model.strip():
+        settings.model = None  # editors' string settings default to "": the shipped model
+    return settings, problems
+
+
+def with_overrides(base: Settings, values: Any, section: str = "codellama") -> tuple[Settings, list[str]]:
+    """Like parse_settings, but keys the client leaves out keep `base`'s values (the command line's)."""
+    if values is not None and not isinstance(values, dict):
+        return base, [f"{section}: expected an object, got {type(values).__name__}; settings unchanged"]
+    merged = to_json(base)
+    deep_update(merged, values or {})
+    return parse_settings(merged, section)
+
+
+def deep_update(target: dict, values: dict) -> None:
+    for key, value in values.items():
+        if isinstance(value, dict) and isinstance(target.get(key), dict):
+            deep_update(target[key], value)
+        else:
+            target[key] = value
+
+
+def to_json(settings: Any) -> dict[str, Any]:
+    """The camelCase JSON object for a settings dataclass (what a client would send)."""
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(settings):
+        value = getattr(settings, f.name)
+        out[snake_to_camel(f.name)] = to_json(value) if dataclasses.is_dataclass(value) else value
+    return out

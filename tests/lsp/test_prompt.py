@@ -1,0 +1,104 @@
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+
+from engine.prompts import build_infill_prompt
+from engine.session import common_prefix_length
+from lsp.prompt import (
+    ContextSource,
+    SnippetCache,
+    best_snippet,
+    build_prompt,
+    comment_marker,
+    context_comments,
+    fit_window,
+    query_text,
+)
+
+
+def source_text() -> str:
+    """A real, long Python file."""
+    import asyncio
+
+    return (Path(asyncio.__file__).parent / "base_events.py").read_text(encoding="utf-8")
+
+
+def test_window_fits_the_token_budgets(tokenizer):
+    text = source_text()
+    offset = len(text) // 2
+    count = lambda s: len(tokenizer.encode(s))  # noqa: E731
+    window = fit_window(text, offset, count, prefix_tokens=600, suffix_tokens=200)
+    assert count(window.prefix) <= 600 and count(window.suffix) <= 200
+    assert count(window.prefix) > 300 and count(window.suffix) > 50  # not needlessly small
+    assert text[window.prefix_start : offset] == window.prefix and text[offset:].startswith(window.suffix)
+    assert window.prefix_start == 0 or text[window.prefix_start - 1] == "\n"  # starts on a line
+
+
+def test_typing_keeps_the_prompt_start_and_the_cache_reusable(tokenizer):
+    text = source_text()
+    offset = len(text) // 2
+    count = lambda s: len(tokenizer.encode(s))  # noqa: E731
+    starts, prompts = set(), []
+    for typed in ("", "s", "se", "sel", "self", "self.", "self._"):
+        doc = text[:offset] + typed + text[offset:]
+        window = fit_window(doc, offset + len(typed), count, 600, 200)
+        starts.add(window.prefix_start)
+        prompts.append(build_infill_prompt(tokenizer, window.prefix, window.suffix, "spm").tokens)
+    assert len(starts) == 1
+    for before, after in itertools.pairwise(prompts):
+        assert common_prefix_length(before, after) >= len(before) - 3  # only the last tokens change
+
+
+def test_context_comments_name_paths_in_the_documents_comment_syntax(tokenizer):
+    count = lambda s: len(tokenizer.encode(s))  # noqa: E731
+    sources = [
+        ContextSource("src/geometry.py", "import math\n\ndef area(radius):\n    return math.pi * radius ** 2\n"),
+        ContextSource("src/other.py", "def unrelated():\n    pass\n"),
+    ]
+    block = context_comments(sources, "python", "r = area(radius)", count, 500, SnippetCache())
+    assert block.startswith("# Path: src/geometry.py\n# import math\n#\n# def area(radius):\n")
+    assert block.index("src/geometry.py") < block.index("src/other.py")  # most recently used first
+    assert all(line.startswith("#") for line in block.splitlines())
+    js = context_comments(sources[:1], "javascript", "area", count, 500, SnippetCache())
+    assert js.startswith("// Path: src/geometry.py\n")
+
+
+def test_context_respects_its_budget(tokenizer):
+    count = lambda s: len(tokenizer.encode(s))  # noqa: E731
+    sources = [ContextSource(f"f{i}.py", source_text()) for i in range(3)]
+    block = context_comments(sources, "python", "def run_until_complete(self, future):", count, 300, SnippetCache())
+    assert 0 < count(block) <= 300
+    assert context_comments(sources, "python", "x", count, 5, SnippetCache()) == ""
+
+
+def test_the_snippet_shares_identifiers_with_the_code_being_written():
+    target = "def load_checkpoint(path, device):\n    weights = read(path)"
+    text = "\n".join(["def alpha():\n    return 1"] * 30 + [target] + ["def omega():\n    return 2"] * 30)
+    snippet = best_snippet(text, "model = load_checkpoint(path, device)\nweights = model.weights", max_lines=6)
+    assert any("load_checkpoint" in line for line in snippet)
+    assert best_snippet(text, "", max_lines=2) == ("def alpha():", "    return 1")  # nothing to match: the start
+
+
+def test_query_moves_in_steps_of_lines():
+    prefix = "".join(f"line{i} = {i}\n" for i in range(40)) + "partial"
+    assert query_text(prefix, 40) == query_text(prefix + "ly typed", 40)  # typing on the line: same query
+    assert query_text(prefix, 40) == "\n".join(f"line{i} = {i}" for i in range(20, 40))
+    shorter = "".join(f"line{i} = {i}\n" for i in range(37)) + "x"
+    assert query_text(shorter, 37) == "\n".join(f"line{i} = {i}" for i in range(12, 32))
+
+
+def test_build_prompt_puts_context_before_the_prefix(tokenizer):
+    count = lambda s: len(tokenizer.encode(s))  # noqa: E731
+    text = "def add(a, b):\n    return a + b\n\nresult = add(1, 2)\n"
+    offset = text.index("add(1")
+    sources = (ContextSource("lib/math_utils.py", "def add(x, y):\n    return x + y\n"),)
+    prompt = build_prompt(text, offset, 3, "python", sources, count, 256, 64, 128)
+    assert prompt.context and prompt.prefix == prompt.context + text[:offset]
+    assert prompt.suffix == text[offset:]
+    assert "# Path: lib/math_utils.py" in prompt.context
+    assert build_prompt(text, offset, 3, "python", sources, count, 256, 64, 0).context == ""
+
+
+def test_comment_markers():
+    assert comment_marker("python") == "#" and comment_marker("lua") == "--" and comment_marker("rust") == "//"
