@@ -26,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-from engine.checkpoints import load_model, save_checkpoint
+from engine.checkpoints import hf_config, load_model, save_checkpoint
 from engine.defaults import default_model_path
 from engine.generate import SamplingParams
 from engine.model import MODEL_CONFIGS, Transformer
@@ -96,19 +96,7 @@ def bench_decode_vs_transformers(engine: InfillEngine, new_tokens: int, repeats:
     from transformers import LlamaConfig, LlamaForCausalLM
     from transformers.modeling_utils import no_init_weights
 
-    args = engine.model.args
-    config = LlamaConfig(
-        vocab_size=args.vocab_size,
-        hidden_size=args.dim,
-        intermediate_size=args.hidden_dim,
-        num_hidden_layers=args.n_layers,
-        num_attention_heads=args.n_heads,
-        num_key_value_heads=args.n_kv_heads,
-        rms_norm_eps=args.norm_eps,
-        rope_theta=args.rope_theta,
-        max_position_embeddings=engine.max_seq_len,
-        tie_word_embeddings=args.tie_embeddings,
-    )
+    config = LlamaConfig(**{**hf_config(engine.model.args), "max_position_embeddings": engine.max_seq_len})
     with no_init_weights():  # the weights are ours, shared, not copied
         reference = LlamaForCausalLM(config)
     reference.load_state_dict(engine.model.state_dict(), strict=False, assign=True)

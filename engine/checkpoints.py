@@ -144,6 +144,25 @@ def args_from_hf_config(config: dict, path: Path) -> ModelArgs:
         raise CheckpointError(f"{path}: {e}") from e
 
 
+def hf_config(args: ModelArgs) -> dict:
+    """The inverse of args_from_hf_config: a Hugging Face LlamaConfig's fields."""
+    return {
+        "model_type": "llama",
+        "architectures": ["LlamaForCausalLM"],
+        "hidden_size": args.dim,
+        "intermediate_size": args.hidden_dim,
+        "num_hidden_layers": args.n_layers,
+        "num_attention_heads": args.n_heads,
+        "num_key_value_heads": args.n_kv_heads,
+        "vocab_size": args.vocab_size,
+        "rms_norm_eps": args.norm_eps,
+        "rope_theta": args.rope_theta,
+        "max_position_embeddings": args.max_seq_len,
+        "tie_word_embeddings": args.tie_embeddings,
+        "hidden_act": "silu",
+    }
+
+
 def args_from_meta_params(params: dict, path: Path, tokenizer_path: Path) -> ModelArgs:
     vocab_size = params.get("vocab_size", -1)
     if vocab_size is None or vocab_size <= 0:

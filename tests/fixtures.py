@@ -10,7 +10,7 @@ import torch
 
 from engine.checkpoints import save_checkpoint
 from engine.model import ModelArgs, Transformer
-from engine.tokenizer import FIM_PIECES, SMILEY
+from training.train_tokenizer import LLAMA_SENTENCEPIECE_OPTIONS
 
 TINY_VOCAB = 1000
 
@@ -23,7 +23,7 @@ def training_text() -> str:
 
 
 def train_tiny_tokenizer(out_dir: Path, vocab_size: int = TINY_VOCAB) -> Path:
-    """A Llama-style SentencePiece BPE model with the four FIM pieces and "☺"."""
+    """A Llama-style SentencePiece BPE model with the four FIM pieces and "☺" (training's options)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     corpus = out_dir / "corpus.txt"
     corpus.write_text(training_text(), encoding="utf-8")
@@ -31,20 +31,10 @@ def train_tiny_tokenizer(out_dir: Path, vocab_size: int = TINY_VOCAB) -> Path:
         input=str(corpus),
         model_prefix=str(out_dir / "tokenizer"),
         vocab_size=vocab_size,
-        model_type="bpe",
-        byte_fallback=True,
         character_coverage=1.0,
-        user_defined_symbols=[*FIM_PIECES, SMILEY],
-        unk_id=0,
-        bos_id=1,
-        eos_id=2,
-        pad_id=-1,
-        split_digits=True,
-        allow_whitespace_only_pieces=True,
-        remove_extra_whitespaces=False,
-        normalization_rule_name="identity",
         max_sentence_length=1_000_000,
         minloglevel=2,
+        **LLAMA_SENTENCEPIECE_OPTIONS,
     )
     return out_dir / "tokenizer.model"
 

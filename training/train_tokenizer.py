@@ -33,6 +33,22 @@ def corpus_lines(data_dir: Path, split: str = "train") -> Iterator[str]:
                 yield line
 
 
+# Llama / Code Llama's SentencePiece options, with the infilling pieces as single tokens.
+LLAMA_SENTENCEPIECE_OPTIONS = dict(
+    model_type="bpe",
+    byte_fallback=True,
+    user_defined_symbols=[*FIM_PIECES, SMILEY],
+    unk_id=0,
+    bos_id=1,
+    eos_id=2,
+    pad_id=-1,
+    split_digits=True,
+    allow_whitespace_only_pieces=True,
+    remove_extra_whitespaces=False,
+    normalization_rule_name="identity",
+)
+
+
 def train_tokenizer(
     data_dir: str | Path,
     vocab_size: int,
@@ -55,18 +71,8 @@ def train_tokenizer(
             sentence_iterator=corpus_lines(data_dir),
             model_prefix=str(staging / "tokenizer"),
             vocab_size=vocab_size,
-            model_type="bpe",
-            byte_fallback=True,
+            **LLAMA_SENTENCEPIECE_OPTIONS,
             character_coverage=character_coverage,
-            user_defined_symbols=[*FIM_PIECES, SMILEY],
-            unk_id=0,
-            bos_id=1,
-            eos_id=2,
-            pad_id=-1,
-            split_digits=True,
-            allow_whitespace_only_pieces=True,
-            remove_extra_whitespaces=False,
-            normalization_rule_name="identity",
             input_sentence_size=input_sentences,
             shuffle_input_sentence=True,
             max_sentence_length=16384,

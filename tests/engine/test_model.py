@@ -6,24 +6,13 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
+from engine.checkpoints import hf_config
 from engine.model import MODEL_CONFIGS, KVCache, ModelArgs, Transformer
 from tests.fixtures import random_model, tiny_args
 
 
 def hf_reference(args: ModelArgs, state: dict[str, torch.Tensor]) -> LlamaForCausalLM:
-    config = LlamaConfig(
-        vocab_size=args.vocab_size,
-        hidden_size=args.dim,
-        intermediate_size=args.hidden_dim,
-        num_hidden_layers=args.n_layers,
-        num_attention_heads=args.n_heads,
-        num_key_value_heads=args.n_kv_heads,
-        rms_norm_eps=args.norm_eps,
-        rope_theta=args.rope_theta,
-        max_position_embeddings=args.max_seq_len,
-        tie_word_embeddings=False,
-        attn_implementation="eager",
-    )
+    config = LlamaConfig(**hf_config(args), attn_implementation="eager")
     reference = LlamaForCausalLM(config).eval()
     missing, unexpected = reference.load_state_dict(state, strict=False)
     assert not unexpected and all("rotary" in k for k in missing)

@@ -12,7 +12,7 @@ from peft import PeftModel
 from safetensors import safe_open
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from engine.checkpoints import load_model
+from engine.checkpoints import hf_config, load_model
 from tests.training.helpers import tiny_fit_config
 from training import checkpointing as ckpt
 from training.cli import main
@@ -45,19 +45,7 @@ def logits_of(model) -> torch.Tensor:
 def hf_llama(path: Path) -> LlamaForCausalLM:
     """The same weights in transformers' LlamaForCausalLM (our parameter names are its names)."""
     model, _, info = load_model(path, device="cpu", dtype="float32")
-    a = info.args
-    config = LlamaConfig(
-        hidden_size=a.dim,
-        intermediate_size=a.hidden_dim,
-        num_hidden_layers=a.n_layers,
-        num_attention_heads=a.n_heads,
-        num_key_value_heads=a.n_kv_heads,
-        vocab_size=a.vocab_size,
-        rms_norm_eps=a.norm_eps,
-        rope_theta=a.rope_theta,
-        max_position_embeddings=a.max_seq_len,
-        tie_word_embeddings=False,
-    )
+    config = LlamaConfig(**hf_config(info.args))
     hf = LlamaForCausalLM(config).eval()
     hf.load_state_dict(model.state_dict(), strict=True)
     return hf
