@@ -1,32 +1,40 @@
 """Code Llama infilling engine: model, tokenizer, prompts, checkpoints, quantization,
-generation and KV-cache reuse across keystrokes."""
+generation and KV-cache reuse across keystrokes.
 
-from engine.checkpoints import CheckpointError, load_model, save_checkpoint
-from engine.generate import GenerationStats, SamplingParams
-from engine.model import MODEL_CONFIGS, KVCache, ModelArgs, Transformer
-from engine.prompts import InfillPrompt, build_infill_prompt, infilling_prompt_tokens
-from engine.quantize import QUANTIZATIONS, QuantizationError
-from engine.session import Completion, InfillEngine, PromptTooLong
-from engine.tokenizer import Tokenizer, TokenizerError
+The names below load on first use (PEP 562), so `import engine.window` does not pay for
+importing torch: the server answers `initialize` before torch is loaded.
+"""
 
-__all__ = [
-    "MODEL_CONFIGS",
-    "QUANTIZATIONS",
-    "CheckpointError",
-    "Completion",
-    "GenerationStats",
-    "InfillEngine",
-    "InfillPrompt",
-    "KVCache",
-    "ModelArgs",
-    "PromptTooLong",
-    "QuantizationError",
-    "SamplingParams",
-    "Tokenizer",
-    "TokenizerError",
-    "Transformer",
-    "build_infill_prompt",
-    "infilling_prompt_tokens",
-    "load_model",
-    "save_checkpoint",
-]
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "CheckpointError": "engine.checkpoints",
+    "load_model": "engine.checkpoints",
+    "save_checkpoint": "engine.checkpoints",
+    "GenerationStats": "engine.generate",
+    "SamplingParams": "engine.generate",
+    "MODEL_CONFIGS": "engine.model",
+    "KVCache": "engine.model",
+    "ModelArgs": "engine.model",
+    "Transformer": "engine.model",
+    "InfillPrompt": "engine.prompts",
+    "build_infill_prompt": "engine.prompts",
+    "infilling_prompt_tokens": "engine.prompts",
+    "QUANTIZATIONS": "engine.quantize",
+    "QuantizationError": "engine.quantize",
+    "Completion": "engine.session",
+    "InfillEngine": "engine.session",
+    "PromptTooLong": "engine.session",
+    "Tokenizer": "engine.tokenizer",
+    "TokenizerError": "engine.tokenizer",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'engine' has no attribute {name!r}")
+    return getattr(importlib.import_module(_EXPORTS[name]), name)

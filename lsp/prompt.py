@@ -17,10 +17,8 @@ import re
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from engine.window import CursorWindow
+from engine.window import CursorWindow, cursor_window
 
 CHARS_PER_TOKEN = 3
 """First guess for the character window; code averages a little more per Llama token."""
@@ -86,10 +84,6 @@ def comment_marker(language_id: str) -> str:
 
 def fit_window(text: str, offset: int, count: CountTokens, prefix_tokens: int, suffix_tokens: int) -> CursorWindow:
     """The largest block-aligned window whose prefix and suffix fit their token budgets."""
-    # Imported here: `import engine.window` runs engine/__init__.py, which imports torch, and
-    # the server must answer `initialize` before torch has loaded (it loads on the worker).
-    from engine.window import cursor_window
-
     prefix_chars, suffix_chars = prefix_tokens * CHARS_PER_TOKEN, suffix_tokens * CHARS_PER_TOKEN
     while True:
         window = cursor_window(text, offset, prefix_chars, suffix_chars, WINDOW_BLOCK)
