@@ -173,7 +173,7 @@ def bench_quantization(model_path: Path, new_tokens: int) -> dict[str, dict]:
     return rows
 
 
-def bench_cuda_7b(new_tokens: int) -> dict[str, dict]:
+def bench_cuda_7b(new_tokens: int, tokenizer_path: Path) -> dict[str, dict]:
     """Full-size random Code Llama 7B on the GPU: bf16, int8 (torch), nf4 (bitsandbytes)."""
     from engine.checkpoints import build_model
 
@@ -181,7 +181,7 @@ def bench_cuda_7b(new_tokens: int) -> dict[str, dict]:
     name = torch.cuda.get_device_name()
     bandwidth = next((bw for key, bw in peak.items() if key in name), None)
     args = MODEL_CONFIGS["7B"]
-    tok = Tokenizer(default_model_path() / "tokenizer.model")
+    tok = Tokenizer(tokenizer_path)
     prefix, suffix = source_around_function_end(tok, 1500, 500)
     rows = {}
     for mode in ("none", "int8", "nf4"):
@@ -293,7 +293,7 @@ def main() -> None:
                 ],
             )
         if "cuda" not in skip and torch.cuda.is_available():
-            rows = bench_cuda_7b(args.new_tokens)
+            rows = bench_cuda_7b(args.new_tokens, tokenizer.path)
             print(f"\n## {torch.cuda.get_device_name()}: Code Llama 7B shapes, random weights, 2,000-token prompt")
             table(
                 ["weights", "TTFT ms", "decode tokens/s", "weights GB", "of bandwidth bound"],

@@ -223,6 +223,9 @@ def hf_weight_files(path: Path) -> list[Path]:
             if not isinstance(weight_map, dict):
                 raise CheckpointError(f"{index}: no weight_map")
             files = [path / name for name in sorted(set(weight_map.values()))]
+            outside = [str(f) for f in files if not f.resolve().is_relative_to(path.resolve())]
+            if outside:
+                raise CheckpointError(f"{index}: weight files outside the checkpoint folder: {', '.join(outside)}")
             missing = [str(f) for f in files if not f.is_file()]
             if missing:
                 raise CheckpointError(f"{index}: weight file(s) missing: {', '.join(missing)}")
@@ -441,14 +444,23 @@ def save_checkpoint(
     out_dir = Path(out_dir)
     if quantize not in ("none", *TORCH_QUANTIZATIONS):
         raise ValueError(f"cannot save {quantize!r}: only none, int8 and int4 are saved; nf4 is made at load time")
+    if out_dir.exists() and any(out_dir.iterdir()) and not (out_dir / NATIVE_CONFIG).is_file():
+        raise CheckpointError(
+            f"{out_dir}: refusing to overwrite a folder that is not a codellama-lsp checkpoint; "
+            "choose an empty or new one"
+        )
     state = {k: v.detach().to("cpu") for k, v in model.state_dict().items()}
-    if model.args.tie_embeddings and quantize == "none":
+    if model.args.tie_embeddings:
         state.pop("lm_head.weight")  # safetensors refuses shared tensors; the loader re-ties
     if dtype is not None:
         state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
     if quantize != "none":
+        if model.args.tie_embeddings:  # quantized, the output layer is a copy of its own
+            state["lm_head.weight"] = state["model.embed_tokens.weight"]
         names = [n for n in quantized_linear_names(model) if f"{n}.weight" in state]
         state = quantize_state_dict(state, names, quantize)
+        if model.args.tie_embeddings and "lm_head.weight" in state and state["lm_head.weight"].is_floating_point():
+            state.pop("lm_head.weight")  # int4 could not pack it: it stays tied
     config = {
         "format": "codellama-lsp",
         "version": NATIVE_FORMAT_VERSION,
@@ -458,6 +470,9 @@ def save_checkpoint(
     }
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    staging.chmod(0o777 & ~umask)  # mkdtemp makes it private; a model folder is not
     try:
         save_file({k: v.contiguous() for k, v in state.items()}, str(staging / NATIVE_WEIGHTS))
         (staging / NATIVE_CONFIG).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")

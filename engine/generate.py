@@ -197,6 +197,8 @@ def generate_tokens(
     pos = len(prompt)
     stop_ids = {t for t in (tok.eot_id, tok.eos_id) if t is not None and t >= 0}
     while True:
+        # A model may have more rows than its tokenizer has pieces (padding): never pick those.
+        logits = logits[: tok.vocab_size]
         if constraint is not None and constraint.active:
             logits = constraint.mask(logits)
         token = sample(logits, params.temperature, params.top_p, generator)

@@ -88,7 +88,8 @@ class ModelArgs:
 MODEL_CONFIGS: dict[str, ModelArgs] = {
     "7B": ModelArgs(dim=4096, n_layers=32, n_heads=32),
     "13B": ModelArgs(dim=5120, n_layers=40, n_heads=40),
-    "34B": ModelArgs(dim=8192, n_layers=48, n_heads=64, n_kv_heads=8, ffn_dim_multiplier=1.0),
+    # 34B has no infilling tokens: its vocabulary is Llama 2's 32,000.
+    "34B": ModelArgs(dim=8192, n_layers=48, n_heads=64, n_kv_heads=8, ffn_dim_multiplier=1.0, vocab_size=32000),
     # 7B-sized layers, but only two of them: the benchmark model that fits this CPU.
     "7B-2layer": ModelArgs(dim=4096, n_layers=2, n_heads=32),
 }
@@ -249,7 +250,8 @@ class Transformer(nn.Module):
 
     def reset_rope(self, length: int, device: torch.device | str | None = None) -> None:
         """(Re)compute the RoPE tables, e.g. after loading weights built on the meta device."""
-        device = device if device is not None else self.lm_head.weight.device
+        # (Not lm_head.weight: a quantized output layer has none.)
+        device = device if device is not None else self.model.embed_tokens.weight.device
         if torch.device(device).type == "meta":
             device = "cpu"
         cos, sin = rope_frequencies(self.args.head_dim, self.args.rope_theta, length, device)

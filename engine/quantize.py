@@ -98,6 +98,11 @@ def kernel_dtype(device: torch.device, dtype: torch.dtype) -> torch.dtype:
     return CPU_KERNEL_DTYPE if device.type == "cpu" else dtype
 
 
+def int4_kernel_dtype(device: torch.device, dtype: torch.dtype) -> torch.dtype:
+    # tinygemm (CUDA int4) takes bf16 activations only.
+    return CPU_KERNEL_DTYPE if device.type == "cpu" else torch.bfloat16
+
+
 class Int8Linear(nn.Module):
     def __init__(self, weight: torch.Tensor, scales: torch.Tensor, dtype: torch.dtype) -> None:
         super().__init__()
@@ -126,7 +131,7 @@ class Int4Linear(nn.Module):
         else:
             packed = torch._convert_weight_to_int4pack(weight.contiguous(), INT4_INNER_K_TILES)
         self.register_buffer("packed", packed)
-        self.register_buffer("scales_and_zeros", scales_and_zeros.to(kernel_dtype(weight.device, dtype)))
+        self.register_buffer("scales_and_zeros", scales_and_zeros.to(int4_kernel_dtype(weight.device, dtype)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         flat = x.reshape(-1, self.in_features).to(self.scales_and_zeros.dtype).contiguous()

@@ -15,8 +15,6 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import torch
-
 from engine.generate import GenerationStats, SamplingParams, generate_tokens
 from engine.model import KVCache, Transformer
 from engine.prompts import InfillFormat, InfillPrompt, build_infill_prompt
@@ -82,6 +80,8 @@ class CompletionText:
             self.emitted = end
 
     def finish(self) -> str:
+        # Generation can stop inside a multi-byte character: drop the incomplete end.
+        self.text = self.text.rstrip("\ufffd")
         self._emit(final=True)
         return self.text
 
@@ -97,6 +97,8 @@ class InfillEngine:
                 f"{model.args.vocab_size} embeddings"
             )
         self.model = model.eval()
+        if model.rope_cos.shape[0] < max_seq_len:  # size RoPE once, not inside a request
+            model.reset_rope(max_seq_len)
         self.tokenizer = tokenizer
         weight = model.model.embed_tokens.weight
         self.device, self.dtype = weight.device, weight.dtype
@@ -194,7 +196,3 @@ class InfillEngine:
 
     def cache_bytes(self) -> int:
         return self.cache.nbytes()
-
-
-def default_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")

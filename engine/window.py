@@ -32,6 +32,7 @@ def cursor_window(
         start = -(-earliest // block) * block
         line_start = text.find("\n", start, offset)
         start = line_start + 1 if line_start >= 0 else start
+        start = min(start, offset)  # a budget under one block must not start past the cursor
     end = len(text)
     if end - offset > max_suffix_chars:
         end = offset + max_suffix_chars

@@ -241,3 +241,36 @@ def test_missing_and_unexpected_tensors(source_model, tokenizer_path, tmp_path):
     save_file({**state, "vision_tower.weight": torch.zeros(2)}, folder / "model.safetensors")
     with pytest.raises(CheckpointError, match=r"unexpected tensor 'vision_tower.weight'"):
         load_model(folder, "cpu")
+
+
+def test_saving_never_overwrites_a_folder_that_is_not_a_checkpoint(source_model, tokenizer_path, tmp_path):
+    precious = tmp_path / "models"
+    precious.mkdir()
+    (precious / "notes.txt").write_text("keep me")
+    with pytest.raises(CheckpointError, match="refusing to overwrite a folder that is not a codellama-lsp checkpoint"):
+        save_checkpoint(precious, source_model, tokenizer_path)
+    assert (precious / "notes.txt").read_text() == "keep me"
+    saved = save_checkpoint(tmp_path / "new", source_model, tokenizer_path)
+    assert saved.stat().st_mode & 0o055 == 0o055  # readable by others, like any folder made here
+
+
+def test_index_naming_files_outside_the_folder_is_refused(hf_dir, tmp_path):
+    broken = copy_dir(hf_dir, tmp_path / "hf")
+    index = broken / "model.safetensors.index.json"
+    data = json.loads(index.read_text())
+    name = next(iter(data["weight_map"]))
+    data["weight_map"][name] = "../elsewhere.safetensors"
+    index.write_text(json.dumps(data))
+    with pytest.raises(CheckpointError, match="weight files outside the checkpoint folder"):
+        load_model(broken, "cpu")
+
+
+@pytest.mark.parametrize("mode", ["int8", "int4"])
+def test_tied_embeddings_save_quantized(tokenizer_path, tmp_path, mode):
+    # dim 64: int4 cannot pack the output layer (groups of 128), so it stays tied.
+    model = random_model(tiny_args(tie_embeddings=True))
+    save_checkpoint(tmp_path / mode, model, tokenizer_path, quantize=mode)
+    loaded, _, info = load_model(tmp_path / mode, "cpu", "float32")
+    at_load, _, _ = load_model(save_checkpoint(tmp_path / "fp", model, tokenizer_path), "cpu", "float32", mode)
+    assert info.quantization == mode
+    assert torch.equal(logits(loaded), logits(at_load))

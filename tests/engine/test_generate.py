@@ -120,3 +120,23 @@ def test_prompt_longer_than_the_cache_is_a_clear_error(tokenizer):
     engine = InfillEngine(random_model(tiny_args()), tokenizer, max_seq_len=32)
     with pytest.raises(PromptTooLong, match="the KV cache holds 32"):
         engine.complete("x = 1\n" * 40, "")
+
+
+class PrefersPadding(Transformer):
+    """A model with more output rows than the tokenizer has pieces, and a taste for them."""
+
+    def forward(self, tokens, start_pos=0, cache=None, slot=0, last_only=False):
+        logits = super().forward(tokens, start_pos, cache, slot, last_only)
+        logits[..., 1000:] += 1e4
+        return logits
+
+
+def test_ids_past_the_tokenizer_are_never_sampled(tokenizer):
+    args = tiny_args(vocab_size=1024)
+    model = PrefersPadding(args)
+    model.load_state_dict(random_model(args).state_dict())
+    engine = InfillEngine(model.eval(), tokenizer, max_seq_len=256)
+    for temperature in (0.0, 1.0):
+        result = engine.complete("x = ", "\n", params=SamplingParams(max_new_tokens=8, temperature=temperature, seed=1))
+        assert result.stats.generated_tokens == 8
+        assert tokenizer.decode_infilling(tokenizer.encode_infilling(result.text)) == result.text

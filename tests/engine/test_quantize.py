@@ -126,3 +126,16 @@ def test_cuda_generation_matches_cpu_greedy(full_precision):
         model, tokenizer, _ = load_model(folder, device, "float32")
         outputs.append(InfillEngine(model, tokenizer, max_seq_len=256).complete("def f(x):\n    return", "\n").text)
     assert outputs[0] == outputs[1]
+
+
+def test_quantized_model_serves_prompts_longer_than_its_rope_table(tokenizer_path, tmp_path):
+    """The output layer of a quantized model has no .weight: RoPE must size itself without it."""
+    from engine.generate import SamplingParams
+    from engine.session import InfillEngine
+
+    model = random_model(tiny_args(**QUANT_ARGS, max_seq_len=32), seed=6)
+    folder = save_checkpoint(tmp_path / "short", model, tokenizer_path)
+    quantized, tokenizer, _ = load_model(folder, "cpu", "float32", quantize="int4")
+    engine = InfillEngine(quantized, tokenizer, max_seq_len=256)
+    result = engine.complete("x = 1\n" * 20, "\n", params=SamplingParams(max_new_tokens=4))
+    assert result.stats.prompt_tokens > 32 and result.stats.generated_tokens == 4
