@@ -13,8 +13,9 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from lsp.loading import PROMPT_MARGIN
 from lsp.postprocess import CursorContext, Edit, enough, finish, wants_multiline
-from lsp.prompt import ContextSource, SnippetCache, build_prompt
+from lsp.prompt import ContextSource, SnippetCache, build_prompt, fit_budgets
 from lsp.settings import Settings
 
 if TYPE_CHECKING:
@@ -66,6 +67,10 @@ class Completer:
 
         settings, p = task.settings, task.settings.prompt
         tokenizer = engine.tokenizer
+        trained = engine.model.args.max_seq_len - settings.max_tokens - PROMPT_MARGIN
+        prefix_tokens, suffix_tokens, context_tokens = fit_budgets(
+            p.prefix_tokens, p.suffix_tokens, p.context_tokens, trained
+        )
         prompt = build_prompt(
             task.text,
             task.offset,
@@ -73,9 +78,9 @@ class Completer:
             task.language_id,
             task.sources[: p.context_files],
             lambda s: len(tokenizer.encode(s)),
-            p.prefix_tokens,
-            p.suffix_tokens,
-            p.context_tokens,
+            prefix_tokens,
+            suffix_tokens,
+            context_tokens,
             self.snippets,
         )
         multiline = wants_multiline(task.cursor, settings.multiline)
@@ -104,6 +109,7 @@ class Completer:
                 params=params,
                 cancel=lambda: cancel.is_set() or done.is_set() or time.perf_counter() > deadline,
                 on_text=on_text,
+                session=task.uri,  # each document keeps its KV-cache slot
             )
         except PromptTooLong as e:
             return CompletionOutcome(error=str(e))

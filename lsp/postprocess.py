@@ -16,7 +16,6 @@ BLOCK_OPENERS = re.compile(r"(?:[:{(\[]|=>|->|\bdo|\bthen|\bbegin|\belse)\s*$")
 # Lines that close a block: legitimately repeated ("}" then "}"), kept when they end one.
 BLOCK_CLOSERS = re.compile(r"^\s*(?:[)\]}]|end\b|fi\b|done\b|esac\b|endif\b|endfunction\b)")
 # What editors insert automatically after the cursor: the completion may run over them.
-CLOSING_CHARS = set(")]}>\"'`;,")
 CONTROL_CHARS = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
 
 
@@ -84,11 +83,6 @@ def wants_multiline(ctx: CursorContext, mode: str) -> bool:
     if ctx.line_before.strip():
         return bool(BLOCK_OPENERS.search(ctx.line_before))
     return bool(BLOCK_OPENERS.search(ctx.previous_line))
-
-
-def is_subsequence(needle: str, haystack: str) -> bool:
-    chars = iter(haystack)
-    return all(c in chars for c in needle)
 
 
 def is_repetition(line: str, previous: str) -> bool:
@@ -171,18 +165,45 @@ def cut_index(lines: list[str], ctx: CursorContext, multiline: bool, max_lines: 
     return max_lines if len(lines) > max_lines else None
 
 
+OPENER_OF = {")": "(", "]": "[", "}": "{"}
+QUOTES = "\"'`"
+
+
+def unmatched_closers(text: str) -> str:
+    """The closing brackets and quotes in text that close nothing opened inside it, in order.
+
+    A quote counts when text holds an odd number of it (its last one closes a string the
+    document opened before the cursor).
+    """
+    stack: list[str] = []
+    found: list[tuple[int, str]] = []
+    for i, c in enumerate(text):
+        if c in "([{":
+            stack.append(c)
+        elif c in OPENER_OF:
+            if stack and stack[-1] == OPENER_OF[c]:
+                stack.pop()
+            else:
+                found.append((i, c))
+    found += [(text.rindex(q), q) for q in QUOTES if text.count(q) % 2]
+    return "".join(c for _, c in sorted(found))
+
+
 def trim_auto_closed(text: str, line_after: str) -> tuple[str, int]:
-    """(text, characters after the cursor to replace) so closing brackets are not doubled."""
+    """(text, characters after the cursor to replace) so closing brackets are not doubled.
+
+    The range covers the leading characters after the cursor that the completion closes
+    itself: "a, b)" before ")" replaces it, "len(x)" before ")" does not (that ")" closes
+    the user's own bracket).
+    """
     rest = line_after.rstrip()
     if not rest or "\n" in text:
         return text, 0
-    if is_subsequence(rest, text):
-        return text, len(rest)
-    # The completion ends with the start of what is already there: "foo(x)" before ")".
-    for k in range(len(rest), 0, -1):
-        if set(rest[:k]) <= CLOSING_CHARS and text.endswith(rest[:k]):
-            return text[:-k], 0
-    return text, 0
+    closers = unmatched_closers(text)
+    replace = 0
+    while replace < min(len(rest), len(closers)) and rest[replace] == closers[replace]:
+        replace += 1
+    return text, replace
 
 
 def finish(raw: str, ctx: CursorContext, multiline: bool, max_lines: int) -> Edit | None:

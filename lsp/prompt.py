@@ -162,6 +162,19 @@ def context_comments(
     return "".join(parts)
 
 
+def fit_budgets(prefix: int, suffix: int, context: int, available: int) -> tuple[int, int, int]:
+    """Scale the three token budgets down together so the prompt fits `available` tokens.
+
+    Positions past a model's training length are out of its distribution (the shipped
+    model was trained on 1,024-token rows; Code Llama on 16,384).
+    """
+    total = prefix + suffix + context
+    if total <= available:
+        return prefix, suffix, context
+    scale = max(available, 0) / total
+    return int(prefix * scale), int(suffix * scale), int(context * scale)
+
+
 def build_prompt(
     text: str,
     offset: int,

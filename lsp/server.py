@@ -211,6 +211,9 @@ class CodeLlamaServer(LanguageServer):
             sources=self.context_sources(uri),
             settings=self.settings,
         )
+        # The answer's range is in the document as the request saw it: edits that arrive while
+        # the model works must not shift it.
+        requested_text = doc.text
         outcome = await self.run(task)
         if outcome is None:
             return None
@@ -220,7 +223,7 @@ class CodeLlamaServer(LanguageServer):
         if text is doc.text and task.settings is self.settings:  # not made with settings changed since
             self.typed_through.remember(uri, text, offset, outcome.edit.text)
         head = text[cursor.line_start : offset]
-        return self.answer(uri, doc.text, cursor, head, outcome.edit.text, resume + outcome.edit.replace)
+        return self.answer(uri, requested_text, cursor, head, outcome.edit.text, resume + outcome.edit.replace)
 
     def as_if_accepted(
         self, doc: Document, cursor: Cursor, selected: types.SelectedCompletionInfo | None

@@ -123,6 +123,11 @@ class InferenceWorker:
         """Queue a request; the document's older waiting or running job is cancelled, an identical one joined."""
         uri = task.uri
         with self._cond:
+            if self._stopping:  # after shutdown nothing would ever run it
+                job = Job(task, asyncio.get_running_loop(), [future])
+                job.cancel.set()
+                job.resolve(CompletionOutcome(cancelled=True))
+                return job
             for current in (self._pending.get(uri), self._running):
                 if current is not None and current.task.uri == uri and current.same_request(task):
                     if not (current.cancel.is_set() or current.resolved):

@@ -90,6 +90,15 @@ def test_auto_closed_brackets_extend_the_range():
     assert finish("x) + 1", context("f(|)"), False, 16) == Edit("x) + 1", replace=1)
 
 
+def test_closers_the_completion_balances_itself_are_the_users():
+    """The user's own ")" stays when the completion opens and closes its brackets itself."""
+    assert finish("len(x)", context("print(|)\n"), False, 16) == Edit("len(x)")
+    assert finish("a, bar(b)", context("x = foo(|)"), False, 16) == Edit("a, bar(b)")
+    assert finish("a && (b || c)", context("if (|) {"), False, 16) == Edit("a && (b || c)")
+    assert finish("foo(x)", context("print(|);"), False, 16) == Edit("foo(x)")
+    assert finish("len(x))", context("print(|)"), False, 16) == Edit("len(x))", replace=1)
+
+
 def test_without_the_closing_bracket_the_range_stays():
     assert finish("a, b", context("print(|)\n"), False, 16) == Edit("a, b")
 
@@ -98,9 +107,9 @@ def test_a_completion_equal_to_the_rest_of_the_line_is_dropped():
     assert finish(")", context("print(|)\n"), False, 16) is None
 
 
-def test_ending_with_the_start_of_the_rest_is_trimmed():
-    # "]" is what follows; the model wrote "x])" and the "])" would not be a subsequence of "x]".
-    assert finish("x]", context("a[|]) + 1"), False, 16) == Edit("x")
+def test_a_closer_the_completion_repeats_is_replaced_not_doubled():
+    # "]" follows the cursor and the model wrote it too: the item covers the existing one.
+    assert finish("x]", context("a[|]) + 1"), False, 16) == Edit("x]", replace=1)
 
 
 def test_doubled_indentation_is_removed():

@@ -102,3 +102,12 @@ def test_build_prompt_puts_context_before_the_prefix(tokenizer):
 
 def test_comment_markers():
     assert comment_marker("python") == "#" and comment_marker("lua") == "--" and comment_marker("rust") == "//"
+
+
+def test_budgets_shrink_together_to_fit_the_models_context():
+    from lsp.prompt import fit_budgets
+
+    assert fit_budgets(1024, 320, 512, 4000) == (1024, 320, 512)
+    prefix, suffix, context = fit_budgets(1024, 320, 512, 880)
+    assert prefix + suffix + context <= 880 and prefix > 2 * suffix and context > 0
+    assert fit_budgets(100, 50, 0, -5) == (0, 0, 0)

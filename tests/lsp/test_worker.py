@@ -175,3 +175,14 @@ async def test_cancellation_stops_a_real_generation_within_a_step(tokenizer):
         await asyncio.sleep(0.01)
     assert stats[0].stop_reason == "cancelled" and stats[0].generated_tokens < 2000
     worker.stop()
+
+
+async def test_requests_after_stop_are_answered_not_left_waiting():
+    completer = GatedCompleter()
+    completer.release.set()
+    worker, _, _ = await started_worker(completer)
+    worker.stop()
+    late = asyncio.get_running_loop().create_future()
+    worker.submit(task(), late)
+    assert (await asyncio.wait_for(late, 5)).cancelled
+    assert completer.ran == []
