@@ -19,11 +19,14 @@ let document: vscode.TextDocument;
 
 const statusItem = () => recorded.statusBarItems[0];
 
-async function complete(position = new vscode.Position(CURSOR.line, CURSOR.character)) {
+type SelectedItem = { range: vscode.Range; text: string };
+
+/** What the provider returns at `position`; `selected` is the item highlighted in the suggest menu. */
+async function complete(position = new vscode.Position(CURSOR.line, CURSOR.character), selected?: SelectedItem) {
   const entry = recorded.inlineProviders.find(({ selector }) => vscode.install().languages.match(selector, document) > 0);
   assert.ok(entry, "no inline-completion provider is registered for Python");
   const token = new vscode.CancellationTokenSource().token;
-  const context = { triggerKind: vscode.InlineCompletionTriggerKind.Automatic, selectedCompletionInfo: undefined };
+  const context = { triggerKind: vscode.InlineCompletionTriggerKind.Automatic, selectedCompletionInfo: selected };
   const result = await entry.provider.provideInlineCompletionItems(document, position, context, token);
   return result === undefined || result === null ? [] : Array.isArray(result) ? result : result.items;
 }
@@ -82,6 +85,19 @@ test("edits reach the server: a completion at the new cursor starts with the new
   const items = await complete(new vscode.Position(2, "    return ".length));
   assert.ok(items.length > 0);
   assert.deepEqual(items[0].range, new vscode.Range(2, 0, 2, "    return ".length));
+  editor.edit(document, PYTHON_SOURCE);
+});
+
+test("with a suggest-menu item selected, the ghost text extends that item (LSP 3.18 selectedCompletionInfo)", async () => {
+  // The menu offers "return" for the typed "re": vscode-languageclient must pass the item on,
+  // and the server must complete the line as if it were accepted.
+  editor.edit(document, "def add(a, b):\n    re\n");
+  const selected = { range: new vscode.Range(1, 4, 1, 6), text: "return" };
+  const items = await complete(new vscode.Position(1, 6), selected);
+  assert.ok(items.length > 0, `no completion; log:\n${recorded.outputLines.join("\n")}`);
+  assert.deepEqual(items[0].range, new vscode.Range(1, 0, 1, 6));
+  const insertText = items[0].insertText as string;
+  assert.ok(insertText.startsWith("    return") && insertText.length > "    return".length, insertText);
   editor.edit(document, PYTHON_SOURCE);
 });
 

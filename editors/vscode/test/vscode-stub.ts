@@ -272,7 +272,7 @@ export interface InlineProvider {
   provideInlineCompletionItems(
     document: TextDocument,
     position: Position,
-    context: { triggerKind: InlineCompletionTriggerKind; selectedCompletionInfo: undefined },
+    context: { triggerKind: InlineCompletionTriggerKind; selectedCompletionInfo: { range: Range; text: string } | undefined },
     token: CancellationTokenSource["token"],
   ): Promise<InlineCompletionList | InlineCompletionItem[] | undefined | null>;
 }
