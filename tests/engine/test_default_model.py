@@ -70,7 +70,7 @@ def test_complete_uses_the_default_model_when_none_is_named(tmp_path):
         capture_output=True, text=True, timeout=120, check=False,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
-    assert str(Path(default_model_path())) in result.stderr and result.stdout.strip()
+    assert str(default_model_path()) in result.stderr and result.stdout.strip()
 
 
 @pytest.mark.parametrize(("mode", "minimum"), [("int8", 0.95), ("int4", 0.8)])

@@ -19,10 +19,8 @@ let document: vscode.TextDocument;
 
 const statusItem = () => recorded.statusBarItems[0];
 
-type SelectedItem = { range: vscode.Range; text: string };
-
 /** What the provider returns at `position`; `selected` is the item highlighted in the suggest menu. */
-async function complete(position = new vscode.Position(CURSOR.line, CURSOR.character), selected?: SelectedItem) {
+async function complete(position = new vscode.Position(CURSOR.line, CURSOR.character), selected?: vscode.SelectedCompletionInfo) {
   const entry = recorded.inlineProviders.find(({ selector }) => vscode.install().languages.match(selector, document) > 0);
   assert.ok(entry, "no inline-completion provider is registered for Python");
   const token = new vscode.CancellationTokenSource().token;

@@ -268,11 +268,14 @@ export const recorded = {
   unimplemented: new Set<string>(),
 };
 
+/** The item highlighted in the suggest menu, as VS Code passes it to inline-completion providers. */
+export type SelectedCompletionInfo = { range: Range; text: string };
+
 export interface InlineProvider {
   provideInlineCompletionItems(
     document: TextDocument,
     position: Position,
-    context: { triggerKind: InlineCompletionTriggerKind; selectedCompletionInfo: { range: Range; text: string } | undefined },
+    context: { triggerKind: InlineCompletionTriggerKind; selectedCompletionInfo: SelectedCompletionInfo | undefined },
     token: CancellationTokenSource["token"],
   ): Promise<InlineCompletionList | InlineCompletionItem[] | undefined | null>;
 }
