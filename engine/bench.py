@@ -29,6 +29,7 @@ import torch
 from engine.checkpoints import hf_config, load_model, save_checkpoint
 from engine.defaults import default_model_path
 from engine.generate import SamplingParams
+from engine.machine import describe_machine
 from engine.model import MODEL_CONFIGS, Transformer
 from engine.prompts import build_infill_prompt
 from engine.session import InfillEngine
@@ -246,6 +247,7 @@ def main() -> None:
         name = path.name if args.model else args.config
         print(f"model {name}: {model.num_parameters() / 1e6:.0f}M parameters, {engine.dtype}, ", end="")
         print(f"{torch.get_num_threads()} threads, {time.strftime('%Y-%m-%d')}")
+        print(f"machine: {describe_machine()}")
         if "keys" not in skip:
             k = bench_keystrokes(engine, args.cold_every)
             print(f"\n## keystroke latency: typing {k['keystrokes']} characters, ~{k['prompt_tokens']}-token prompt")

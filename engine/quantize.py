@@ -88,6 +88,28 @@ def quantize_state_dict(
 # ---- runtime modules ----
 
 
+# torch's CPU int8/int4 kernels read their operands with aligned vector loads: on AVX-512
+# CPUs `_weight_int8pack_mm` segfaults when the weight is not 16-byte aligned or the
+# activations not 32-byte aligned (measured with views at byte offsets 1..48). Tensors
+# mmapped from a safetensors file sit at whatever offset the file gives them, and views
+# (slices, reshapes) keep their parent's offset, so every operand is checked and, if
+# needed, copied into an allocation of its own (torch's CPU allocator aligns to 64).
+KERNEL_ALIGNMENT = 64
+
+
+def kernel_operand(t: torch.Tensor) -> torch.Tensor:
+    """t itself if it is contiguous and 64-byte aligned, else a copy that is."""
+    if t.is_contiguous() and t.data_ptr() % KERNEL_ALIGNMENT == 0:
+        return t
+    copy = torch.empty(t.shape, dtype=t.dtype, device=t.device)
+    copy.copy_(t)
+    if copy.data_ptr() % KERNEL_ALIGNMENT:  # an allocator that aligns less: over-allocate and slice
+        spare = torch.empty(t.numel() * t.element_size() + KERNEL_ALIGNMENT, dtype=torch.uint8, device=t.device)
+        start = -spare.data_ptr() % KERNEL_ALIGNMENT
+        copy = spare[start : start + t.numel() * t.element_size()].view(t.dtype).view(t.shape).copy_(t)
+    return copy
+
+
 # torch's CPU int8/int4 kernels are fast with bf16 activations only: with fp32 ones a
 # 256-token prefill through one 4096x11008 layer took 13 s (int8) and 38 s (int4) here,
 # against 0.7 s and 0.6 s in bf16. So on CPU they always compute in bf16.
@@ -107,12 +129,12 @@ class Int8Linear(nn.Module):
     def __init__(self, weight: torch.Tensor, scales: torch.Tensor, dtype: torch.dtype) -> None:
         super().__init__()
         self.out_features, self.in_features = weight.shape
-        self.register_buffer("weight", weight.contiguous())
-        self.register_buffer("scales", scales.to(kernel_dtype(weight.device, dtype)))
+        self.register_buffer("weight", kernel_operand(weight))
+        self.register_buffer("scales", kernel_operand(scales.to(kernel_dtype(weight.device, dtype))))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.device.type == "cpu":
-            flat = x.reshape(-1, self.in_features).to(CPU_KERNEL_DTYPE).contiguous()
+            flat = kernel_operand(x.reshape(-1, self.in_features).to(CPU_KERNEL_DTYPE))
             y = torch._weight_int8pack_mm(flat, self.weight, self.scales)
             return y.to(x.dtype).reshape(*x.shape[:-1], -1)
         # On CUDA the dequantize fuses into the matmul under torch.compile (gpt-fast).
@@ -127,14 +149,17 @@ class Int4Linear(nn.Module):
         self.groupsize = self.in_features // scales_and_zeros.shape[0]
         if weight.device.type == "cpu":
             unpacked = torch.stack([weight >> 4, weight & 0xF], dim=-1).reshape(self.out_features, -1)
-            packed = torch._convert_weight_to_int4pack_for_cpu(unpacked.to(torch.int32), INT4_INNER_K_TILES)
+            packed = torch._convert_weight_to_int4pack_for_cpu(
+                kernel_operand(unpacked.to(torch.int32)), INT4_INNER_K_TILES
+            )
         else:
             packed = torch._convert_weight_to_int4pack(weight.contiguous(), INT4_INNER_K_TILES)
-        self.register_buffer("packed", packed)
-        self.register_buffer("scales_and_zeros", scales_and_zeros.to(int4_kernel_dtype(weight.device, dtype)))
+        self.register_buffer("packed", kernel_operand(packed))
+        zeros_dtype = int4_kernel_dtype(weight.device, dtype)
+        self.register_buffer("scales_and_zeros", kernel_operand(scales_and_zeros.to(zeros_dtype)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        flat = x.reshape(-1, self.in_features).to(self.scales_and_zeros.dtype).contiguous()
+        flat = kernel_operand(x.reshape(-1, self.in_features).to(self.scales_and_zeros.dtype))
         if x.device.type == "cpu":
             y = torch._weight_int4pack_mm_for_cpu(flat, self.packed, self.groupsize, self.scales_and_zeros)
         else:

@@ -29,6 +29,7 @@ from typing import Any
 from lsprotocol import types
 from pygls.lsp.client import LanguageClient
 
+from engine.machine import describe_machine
 from lsp.status import percentile
 
 FUNCTIONS = [
@@ -189,6 +190,7 @@ def report(model: str, settings: str, after: dict, requests: list[Request], wall
     ]
     lines = [
         f"model: {model} ({after['message']})",
+        f"machine: {describe_machine()}, {time.strftime('%Y-%m-%d')}",
         f"settings: {settings}",
         f"session: {len(requests)} requests in {wall_s:.1f} s (2 functions typed into json/decoder.py, "
         f"a backspace, an import at the top, a visit to json/encoder.py)",

@@ -139,3 +139,82 @@ def test_quantized_model_serves_prompts_longer_than_its_rope_table(tokenizer_pat
     engine = InfillEngine(quantized, tokenizer, max_seq_len=256)
     result = engine.complete("x = 1\n" * 20, "\n", params=SamplingParams(max_new_tokens=4))
     assert result.stats.prompt_tokens > 32 and result.stats.generated_tokens == 4
+
+
+# ---- operand alignment: torch's CPU kernels segfault on misaligned storage (AVX-512) ----
+
+
+def misaligned(t: torch.Tensor, offset: int) -> torch.Tensor:
+    """A copy of t whose storage starts `offset` bytes past a 64-byte boundary (as an mmapped file gives)."""
+    nbytes = t.numel() * t.element_size()
+    spare = torch.empty(nbytes + 128, dtype=torch.uint8)
+    start = -spare.data_ptr() % 64 + offset
+    view = spare[start : start + nbytes].view(t.dtype).view(t.shape)
+    view.copy_(t)
+    assert view.data_ptr() % 64 == offset % 64
+    return view
+
+
+@pytest.fixture
+def aligned_kernels_only(monkeypatch):
+    """Wrap torch's quantized CPU kernels so that any misaligned operand fails the test before the
+    kernel runs: on AVX2 machines the kernels accept it, on AVX-512 ones they crash the process."""
+    calls = []
+
+    def checked(kernel):
+        def run(*args):
+            for i, arg in enumerate(args):
+                if isinstance(arg, torch.Tensor):
+                    assert arg.is_contiguous(), f"{kernel.__name__} operand {i} is not contiguous"
+                    assert arg.data_ptr() % 64 == 0, f"{kernel.__name__} operand {i} at {arg.data_ptr() % 64} mod 64"
+            calls.append(kernel.__name__)
+            return kernel(*args)
+
+        return run
+
+    for name in ("_weight_int8pack_mm", "_weight_int4pack_mm_for_cpu", "_convert_weight_to_int4pack_for_cpu"):
+        monkeypatch.setattr(torch, name, checked(getattr(torch, name)))
+    return calls
+
+
+@pytest.mark.parametrize("offset", [1, 2, 8, 16, 48])
+def test_int8_kernel_gets_aligned_operands_from_misaligned_storage(aligned_kernels_only, offset):
+    from engine.quantize import Int8Linear
+
+    weight = torch.randn(64, 128, generator=torch.Generator().manual_seed(3)) * 0.08
+    parts = quantize_int8(weight)
+    even = offset - offset % 2  # bf16 scales and activations need an even byte offset
+    layer = Int8Linear(misaligned(parts["weight"], offset), misaligned(parts["scales"].bfloat16(), even), torch.float32)
+    x = misaligned(torch.randn(3, 128, generator=torch.Generator().manual_seed(4)).bfloat16(), even)
+    y = layer(x)
+    expected = x.float() @ (parts["weight"].float() * parts["scales"].bfloat16().float()[:, None]).T
+    torch.testing.assert_close(y.float(), expected, rtol=0.02, atol=0.02)
+    assert aligned_kernels_only == ["_weight_int8pack_mm"]
+
+
+@pytest.mark.parametrize("offset", [4, 8, 16, 48])
+def test_int4_kernels_get_aligned_operands_from_misaligned_storage(aligned_kernels_only, offset):
+    from engine.quantize import Int4Linear
+
+    weight = torch.randn(64, 256, generator=torch.Generator().manual_seed(3)) * 0.08
+    parts = quantize_int4(weight)
+    layer = Int4Linear(
+        misaligned(parts["weight"], offset), misaligned(parts["scales_and_zeros"].bfloat16(), offset), torch.float32
+    )
+    x = misaligned(torch.randn(3, 256, generator=torch.Generator().manual_seed(4)).bfloat16(), offset)
+    reference = Int4Linear(parts["weight"], parts["scales_and_zeros"], torch.float32)
+    torch.testing.assert_close(layer(x), reference(x.clone()))
+    assert aligned_kernels_only.count("_weight_int4pack_mm_for_cpu") == 2
+
+
+@pytest.mark.parametrize("mode", ["int8", "int4"])
+def test_saved_quantized_checkpoint_runs_with_aligned_kernel_operands(
+    aligned_kernels_only, full_precision, tmp_path, mode
+):
+    """A quantized checkpoint is read back by mmap, where tensors sit at the file's offsets."""
+    model, folder = full_precision
+    out = save_checkpoint(tmp_path / mode, model, folder / "tokenizer.model", quantize=mode)
+    loaded, _, _ = load_model(out, "cpu")
+    agreement = top1_agreement(loaded, model, QUANT_ARGS["vocab_size"])
+    assert agreement >= MIN_AGREEMENT[mode]
+    assert aligned_kernels_only
