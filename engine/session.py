@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 
 from engine.generate import GenerationStats, SamplingParams, generate_tokens
@@ -104,7 +104,7 @@ class InfillEngine:
         self.device, self.dtype = weight.device, weight.dtype
         self.cache = KVCache(model.args, max_seq_len, cache_slots, self.device, self.dtype)
         self.slot_tokens: list[list[int]] = [[] for _ in range(cache_slots)]
-        self._slot_session: list[str | None] = [None] * cache_slots
+        self._slot_session: list[Hashable | None] = [None] * cache_slots
         self._slot_used = [0] * cache_slots
         self._requests = 0
         self._lock = threading.Lock()
@@ -123,9 +123,9 @@ class InfillEngine:
         params: SamplingParams | None = None,
         cancel: Cancel = None,
         on_text: Callable[[str], None] | None = None,
-        session: str | None = None,
+        session: Hashable | None = None,
     ) -> Completion:
-        """Generate the middle between prefix and suffix (session: e.g. the document's URI)."""
+        """Generate the middle between prefix and suffix (session: an opaque key, e.g. one document of one editor)."""
         prompt = build_infill_prompt(self.tokenizer, prefix, suffix, fmt, token_healing)
         return self.generate(prompt, params, cancel, on_text, session)
 
@@ -135,7 +135,7 @@ class InfillEngine:
         params: SamplingParams | None = None,
         cancel: Cancel = None,
         on_text: Callable[[str], None] | None = None,
-        session: str | None = None,
+        session: Hashable | None = None,
     ) -> Completion:
         started = time.perf_counter()
         params = params or SamplingParams()
@@ -171,7 +171,7 @@ class InfillEngine:
                 self.slot_tokens[slot] = tokens[: reuse + prefilled]
         return Completion(text.finish(), gen.stats)
 
-    def _pick_slot(self, tokens: list[int], session: str | None) -> tuple[int, int]:
+    def _pick_slot(self, tokens: list[int], session: Hashable | None) -> tuple[int, int]:
         """(slot, tokens to reuse)."""
         slots = range(len(self.slot_tokens))
         least_recent = min(slots, key=lambda i: self._slot_used[i])

@@ -7,6 +7,7 @@ implicit leading space by prepending "☺" and removing what it produced.
 
 from __future__ import annotations
 
+import re
 from functools import cached_property
 from pathlib import Path
 
@@ -20,6 +21,21 @@ FIM_PIECES = (PREFIX_PIECE, SUFFIX_PIECE, MIDDLE_PIECE, EOT_PIECE)
 # The reference strips the implicit leading space by encoding "☺" + text; tokenizers we
 # train add it as a user-defined symbol so it is always a single piece.
 SMILEY = "☺"
+# Editors speak UTF-16, so a document can hold half of a surrogate pair (LSP strings are
+# JSON, and "\ud800" is valid JSON). UTF-8 cannot encode one and SentencePiece raises:
+# encode them as U+FFFD instead, one character for one, so offsets stay put.
+LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def encodable(text: str) -> str:
+    """text with every lone surrogate replaced by U+FFFD (a no-op, and fast, for normal text)."""
+    if text.isascii():
+        return text
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        return LONE_SURROGATE.sub("\ufffd", text)
 
 
 class TokenizerError(ValueError):
@@ -66,7 +82,7 @@ class Tokenizer:
 
     def encode(self, text: str, bos: bool = False, eos: bool = False) -> list[int]:
         """SentencePiece encoding, with SentencePiece's implicit leading space."""
-        tokens = self.sp.encode(text)
+        tokens = self.sp.encode(encodable(text))
         return ([self.bos_id] if bos else []) + tokens + ([self.eos_id] if eos else [])
 
     def decode(self, tokens: list[int]) -> str:
@@ -75,7 +91,7 @@ class Tokenizer:
     def encode_infilling(self, text: str) -> list[int]:
         """Encode text with no implicit leading space (suffixes and middles)."""
         self.require_infilling()
-        return self.sp.encode(SMILEY + text)[self._smiley_len :]
+        return self.sp.encode(SMILEY + encodable(text))[self._smiley_len :]
 
     def decode_infilling(self, tokens: list[int]) -> str:
         """Decode tokens without dropping a leading space (the generated middle)."""

@@ -141,16 +141,18 @@ def configure_logging(log_file: str | None, level: str | None) -> None:
 
 def run_serve(args: argparse.Namespace) -> int:
     configure_logging(args.log_file, args.log_level)
-    from lsp.server import server
+    from lsp.loading import ModelSpec
+    from lsp.serve import serve_stdio, serve_tcp
 
-    server.base_settings = Settings(model=args.model, device=args.device, quantize=args.quantize)
-    server.dtype, server.threads = args.dtype, args.threads
+    base = Settings(model=args.model, device=args.device, quantize=args.quantize)
+
+    def configure(session) -> None:
+        session.base_settings = base
+        session.dtype, session.threads = args.dtype, args.threads
+
     if args.tcp:
-        logging.getLogger(__name__).warning("codellama-lsp listening on %s:%s", args.host, args.port)
-        server.start_tcp(args.host, args.port)
-    else:
-        server.start_io()
-    return 0
+        return serve_tcp(configure, args.host, args.port, ModelSpec.from_settings(base, args.dtype, args.threads))
+    return serve_stdio(configure)
 
 
 def run_check_command(args: argparse.Namespace) -> int:

@@ -10,12 +10,13 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Hashable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from lsp.loading import PROMPT_MARGIN
+from lsp.loading import usable_lengths
 from lsp.postprocess import CursorContext, Edit, enough, finish, wants_multiline
-from lsp.prompt import ContextSource, SnippetCache, build_prompt, fit_budgets
+from lsp.prompt import CONTEXT_TIME_SHARE, ContextSource, SnippetCache, build_prompt, fit_budgets
 from lsp.settings import Settings
 
 if TYPE_CHECKING:
@@ -40,6 +41,13 @@ class CompletionTask:
     sources: tuple[ContextSource, ...]
     """Other open documents, most recently used first."""
     settings: Settings
+    owner: Hashable = None
+    """The session (connection) that asked: its jobs never cancel, join or see another's."""
+
+    @property
+    def key(self) -> tuple[Hashable, str]:
+        """What the worker schedules by and the engine keeps a KV-cache slot for: one document of one session."""
+        return (self.owner, self.uri)
 
 
 @dataclass
@@ -67,10 +75,11 @@ class Completer:
 
         settings, p = task.settings, task.settings.prompt
         tokenizer = engine.tokenizer
-        trained = engine.model.args.max_seq_len - settings.max_tokens - PROMPT_MARGIN
+        max_new_tokens, prompt_tokens = usable_lengths(settings, engine)
         prefix_tokens, suffix_tokens, context_tokens = fit_budgets(
-            p.prefix_tokens, p.suffix_tokens, p.context_tokens, trained
+            p.prefix_tokens, p.suffix_tokens, p.context_tokens, prompt_tokens
         )
+        started = time.perf_counter()
         prompt = build_prompt(
             task.text,
             task.offset,
@@ -82,10 +91,11 @@ class Completer:
             suffix_tokens,
             context_tokens,
             self.snippets,
+            context_deadline=started + CONTEXT_TIME_SHARE * settings.time_budget_ms / 1000,
         )
         multiline = wants_multiline(task.cursor, settings.multiline)
         params = SamplingParams(
-            max_new_tokens=settings.max_tokens,
+            max_new_tokens=max_new_tokens,
             temperature=settings.temperature,
             stop=() if multiline else ("\n",),
             time_budget_s=settings.time_budget_ms / 1000,
@@ -94,7 +104,7 @@ class Completer:
         done = threading.Event()  # post-processing would cut what is there: stop generating
         # The engine checks the budget between decode steps only; checking it here too also
         # stops a long prefill between chunks (what was prefilled stays in the KV cache).
-        deadline = time.perf_counter() + params.time_budget_s
+        deadline = started + params.time_budget_s
 
         def on_text(piece: str) -> None:
             streamed.append(piece)
@@ -109,7 +119,7 @@ class Completer:
                 params=params,
                 cancel=lambda: cancel.is_set() or done.is_set() or time.perf_counter() > deadline,
                 on_text=on_text,
-                session=task.uri,  # each document keeps its KV-cache slot
+                session=task.key,  # each document keeps its KV-cache slot
             )
         except PromptTooLong as e:
             return CompletionOutcome(error=str(e))

@@ -18,8 +18,17 @@ LINE_BREAK = re.compile(r"\r\n|\r|\n")
 UTF8, UTF16, UTF32 = "utf-8", "utf-16", "utf-32"
 
 
+MAX_OPEN_CHARS = 256 * 2**20
+"""Characters of all open documents of one session together (a hostile client cannot fill RAM)."""
+MAX_OPEN_DOCUMENTS = 2000
+
+
 class PositionError(ValueError):
     """A position that names no place in the document."""
+
+
+class DocumentTooLarge(ValueError):
+    """Opening or growing a document would pass the session's memory limits."""
 
 
 def code_units(text: str, encoding: str) -> int:
@@ -154,16 +163,47 @@ class DocumentStore:
     """The open documents, with the order they were last used in (for prompt context)."""
 
     documents: dict[str, Document] = field(default_factory=dict)
+    max_chars: int = MAX_OPEN_CHARS
+    max_documents: int = MAX_OPEN_DOCUMENTS
     _clock: int = 0
     _last_used: dict[str, int] = field(default_factory=dict)
+    _chars: int = 0
 
     def open(self, uri: str, text: str, version: int, language_id: str) -> Document:
+        old = self.documents.get(uri)
+        replaced = len(old.text) if old is not None else 0
+        if old is None and len(self.documents) >= self.max_documents:
+            raise DocumentTooLarge(f"{uri}: not opened: {self.max_documents} documents are open already")
+        self._reserve(uri, len(text) - replaced)
         self.documents[uri] = doc = Document(uri, text, version, language_id)
         self.touch(uri)
         return doc
 
+    def apply(self, doc: Document, change: types.TextDocumentContentChangeEvent, encoding: str) -> None:
+        """Document.apply within the memory limit. A change past it closes the document (raising
+        DocumentTooLarge): keeping the old text would put every later edit in the wrong place."""
+        before = len(doc.text)
+        if self._chars + len(change.text) > self.max_chars:  # at most this much longer afterwards
+            self.close(doc.uri)
+            raise DocumentTooLarge(
+                f"{doc.uri}: closed: open documents would hold more than {self.max_chars:,} characters; "
+                "reopen it when fewer are open to get completions in it"
+            )
+        doc.apply(change, encoding)
+        self._chars += len(doc.text) - before
+
+    def _reserve(self, uri: str, chars: int) -> None:
+        if self._chars + chars > self.max_chars:
+            raise DocumentTooLarge(
+                f"{uri}: not opened: open documents would hold more than {self.max_chars:,} characters; "
+                "close some to get completions in it"
+            )
+        self._chars += chars
+
     def close(self, uri: str) -> None:
-        self.documents.pop(uri, None)
+        doc = self.documents.pop(uri, None)
+        if doc is not None:
+            self._chars -= len(doc.text)
         self._last_used.pop(uri, None)
 
     def get(self, uri: str) -> Document | None:

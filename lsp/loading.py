@@ -67,6 +67,34 @@ class LoadedModel:
         )
 
 
+def cache_length(spec: ModelSpec, args) -> int:
+    """KV-cache positions: what the settings ask for, but never past what the model was trained
+    on (positions past it are out of its distribution, and memory grows with them)."""
+    return max(64, min(spec.max_seq_len, args.max_seq_len))
+
+
+def usable_lengths(settings: Settings, engine: InfillEngine) -> tuple[int, int]:
+    """(tokens to generate, prompt tokens) that fit both the model's trained length and the KV cache."""
+    usable = min(engine.model.args.max_seq_len, engine.max_seq_len)
+    new_tokens = min(settings.max_tokens, usable // 2)
+    return new_tokens, max(0, usable - new_tokens - PROMPT_MARGIN)
+
+
+def prompt_budget_problem(settings: Settings, engine: InfillEngine) -> str | None:
+    """What the settings ask for beyond what the model can use (they are scaled down), or None."""
+    p = settings.prompt
+    asked = p.prefix_tokens + p.suffix_tokens + p.context_tokens
+    new_tokens, prompt_tokens = usable_lengths(settings, engine)
+    if asked <= prompt_tokens and new_tokens == settings.max_tokens:
+        return None
+    trained = engine.model.args.max_seq_len
+    return (
+        f"prompt.prefixTokens + suffixTokens + contextTokens = {asked:,} and maxTokens = {settings.max_tokens:,} "
+        f"ask for more than this model can use: it was trained on {trained:,} positions; completions use "
+        f"{prompt_tokens:,} prompt tokens (the three budgets scaled down together) and at most {new_tokens:,} new ones"
+    )
+
+
 def default_threads() -> int:
     """torch's default (one per physical core) less one CPU, at least 1.
 
@@ -97,7 +125,7 @@ def load(spec: ModelSpec) -> LoadedModel:
     torch.set_num_threads(spec.threads or default_threads())
     path = model_path(spec)
     model, tokenizer, info = load_model(path, spec.device, spec.dtype, spec.quantize)
-    engine = InfillEngine(model, tokenizer, max_seq_len=spec.max_seq_len, cache_slots=CACHE_SLOTS)
+    engine = InfillEngine(model, tokenizer, max_seq_len=cache_length(spec, model.args), cache_slots=CACHE_SLOTS)
     warm_up(engine)
     return LoadedModel(
         engine=engine,
@@ -125,6 +153,6 @@ def resize(loaded: LoadedModel, spec: ModelSpec) -> LoadedModel:
 
     model, tokenizer = loaded.engine.model, loaded.engine.tokenizer
     loaded.engine = None  # type: ignore[assignment]  # free the old cache before allocating the new one
-    loaded.engine = InfillEngine(model, tokenizer, max_seq_len=spec.max_seq_len, cache_slots=CACHE_SLOTS)
+    loaded.engine = InfillEngine(model, tokenizer, max_seq_len=cache_length(spec, model.args), cache_slots=CACHE_SLOTS)
     loaded.spec = spec
     return loaded

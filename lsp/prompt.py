@@ -13,7 +13,10 @@ document changes or the cursor leaves its group of lines.
 
 from __future__ import annotations
 
+import logging
+import math
 import re
+import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -32,6 +35,12 @@ QUERY_STEP = 8
 """The query only moves every this many lines, so the snippets (and the cache) stay put."""
 MAX_SCANNED_LINES = 20_000
 """Lines of another document searched for a snippet (huge files are cut)."""
+MAX_SCANNED_CHARS = 256 * 1024
+"""Characters of another document searched for a snippet: a 5 MB one-line file costs no more."""
+MAX_SNIPPET_LINE_CHARS = 300
+"""Longer lines (minified code, data) are cut to this in a snippet."""
+CONTEXT_TIME_SHARE = 0.1
+"""Context gathering stops adding snippets after this share of the request's time budget."""
 
 IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]{2,}")
 HASH_COMMENT = set(
@@ -43,6 +52,7 @@ SEMICOLON_COMMENT = {"lisp", "clojure", "scheme", "racket", "commonlisp", "fenne
 PERCENT_COMMENT = {"erlang", "tex", "latex", "matlab", "prolog"}
 
 CountTokens = Callable[[str], int]
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -105,8 +115,11 @@ def query_text(prefix: str, cursor_line: int) -> str:
 
 
 def best_snippet(text: str, query: str, max_lines: int = SNIPPET_LINES) -> tuple[str, ...]:
-    """The run of lines of `text` sharing the most identifiers with `query` (Jaccard), or its start."""
-    lines = text.splitlines()[:MAX_SCANNED_LINES]
+    """The run of lines of `text` sharing the most identifiers with `query` (Jaccard), or its start.
+
+    Only the start of a huge document is searched, and long lines are cut, so the cost is
+    bounded whatever the document holds."""
+    lines = [line[:MAX_SNIPPET_LINE_CHARS] for line in text[:MAX_SCANNED_CHARS].splitlines()[:MAX_SCANNED_LINES]]
     wanted = set(IDENTIFIER.findall(query))
     best, best_score = 0, 0.0
     if wanted:
@@ -124,11 +137,13 @@ def format_snippet(path: str, lines: Sequence[str], marker: str) -> str:
 
 
 class SnippetCache:
-    """Remembers the snippet picked per (document version, query): scanning a big file takes milliseconds."""
+    """Remembers the snippet picked per (document version, query), with its token cost:
+    scanning a big file and tokenizing the snippet take milliseconds each."""
 
     def __init__(self, size: int = 256) -> None:
         self.size = size
         self._snippets: OrderedDict[tuple, tuple[str, ...]] = OrderedDict()
+        self._costs: OrderedDict[str, int] = OrderedDict()
 
     def snippet(self, source: ContextSource, query: str) -> tuple[str, ...]:
         if not source.version:
@@ -142,23 +157,47 @@ class SnippetCache:
                 self._snippets.popitem(last=False)
         return self._snippets[key]
 
+    def cost(self, block: str, count: CountTokens) -> int:
+        if block in self._costs:
+            self._costs.move_to_end(block)
+        else:
+            self._costs[block] = count(block)
+            if len(self._costs) > self.size:
+                self._costs.popitem(last=False)
+        return self._costs[block]
+
 
 def context_comments(
-    sources: Sequence[ContextSource], language_id: str, query: str, count: CountTokens, budget: int, cache: SnippetCache
+    sources: Sequence[ContextSource],
+    language_id: str,
+    query: str,
+    count: CountTokens,
+    budget: int,
+    cache: SnippetCache,
+    deadline: float = math.inf,
 ) -> str:
-    """Snippets of other documents, most recently used first, within `budget` tokens."""
+    """Snippets of other documents, most recently used first, within `budget` tokens.
+
+    Stops at `deadline` (time.perf_counter): context must not eat the time budget. A
+    document that cannot be used (e.g. one the tokenizer chokes on) costs only its snippet."""
     marker = comment_marker(language_id)
     parts = []
     for source in sources:
-        lines = cache.snippet(source, query)
-        while lines:
-            block = format_snippet(source.path, lines, marker)
-            cost = count(block)
-            if cost <= budget:
-                parts.append(block)
-                budget -= cost
-                break
-            lines = lines[: len(lines) // 2]
+        if time.perf_counter() > deadline:
+            log.info("context gathering stopped at its time share, before %s", source.path)
+            break
+        try:
+            lines = cache.snippet(source, query)
+            while lines:
+                block = format_snippet(source.path, lines, marker)
+                cost = cache.cost(block, count)
+                if cost <= budget:
+                    parts.append(block)
+                    budget -= cost
+                    break
+                lines = lines[: len(lines) // 2]
+        except Exception as e:  # one odd document must not cost every completion elsewhere
+            log.warning("no context from %s: %s: %s", source.path, type(e).__name__, e)
     return "".join(parts)
 
 
@@ -186,10 +225,12 @@ def build_prompt(
     suffix_tokens: int,
     context_tokens: int,
     cache: SnippetCache | None = None,
+    context_deadline: float = math.inf,
 ) -> PromptText:
     window = fit_window(text, offset, count, prefix_tokens, suffix_tokens)
     context = ""
     if sources and context_tokens > 0:
         query = query_text(window.prefix, cursor_line)
-        context = context_comments(sources, language_id, query, count, context_tokens, cache or SnippetCache())
+        cache = cache or SnippetCache()
+        context = context_comments(sources, language_id, query, count, context_tokens, cache, context_deadline)
     return PromptText(context + window.prefix, window.suffix, context, window)

@@ -1,9 +1,16 @@
-"""The language server: a module-level pygls server and one small handler per LSP method.
+"""The language server: one `CodeLlamaServer` per editor session, one small handler per LSP method.
+
+A session is one connection: over stdio the only one, over TCP one per client. Each has
+its own documents, settings, answers and counters; they share the model through the
+`ModelHost` (lsp/host.py), and no session can see or cancel another's work.
 
 Handlers are coroutines that never do model work: completions go to the inference
 worker (lsp/worker.py) and are awaited, so `$/cancelRequest` cancels the awaiting task
 and the worker stops the generation within one decode step. The flow of one request
 is in `CodeLlamaServer.complete`.
+
+Handlers are written once, below, as module-level functions registered with `handles`;
+`new_session` gives each new connection its own server object with all of them.
 """
 
 from __future__ import annotations
@@ -13,25 +20,27 @@ import logging
 import os
 import time
 import uuid
-from collections import OrderedDict
+from collections import OrderedDict, deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from lsprotocol import types
-from pygls.exceptions import JsonRpcInvalidParams
+from pygls.exceptions import FeatureRequestError, JsonRpcInvalidParams
 from pygls.lsp.server import LanguageServer
 from pygls.uris import to_fs_path
 
 from lsp.completer import CompletionOutcome, CompletionTask
-from lsp.documents import UTF16, Cursor, Document, DocumentStore, PositionError, code_units
-from lsp.loading import ModelSpec
+from lsp.documents import UTF16, Cursor, Document, DocumentStore, DocumentTooLarge, PositionError, code_units
+from lsp.host import ModelHost
+from lsp.loading import ModelSpec, prompt_budget_problem
 from lsp.postprocess import CursorContext, trim_auto_closed
 from lsp.prompt import ContextSource
-from lsp.protocol import CodeLlamaProtocol
+from lsp.protocol import CodeLlamaProtocol, strict_converter
 from lsp.settings import Settings, with_overrides
 from lsp.status import Status, package_version
 from lsp.typed_through import TypedThrough
-from lsp.worker import InferenceWorker, ModelEvent
+from lsp.worker import ModelEvent
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +51,34 @@ SHOWN_MEMORY = 256
 """Completion ids remembered for codellama.accept."""
 PARENT_POLL_S = 5.0
 """How often to check that the editor that started the server is still alive."""
+SHOWN_PROBLEMS = 64
+"""Distinct messages remembered per session, so that each is shown to the user once."""
+SHOWN_PER_MINUTE = 5
+"""Messages shown to the user per session and minute at most; the rest are logged."""
+MODEL_SETTINGS = ("model", "device", "quantize")
+"""Settings that choose the model: over TCP they belong to the command line."""
+
+Handler = Callable[..., Any]
+HANDLERS: list[tuple[str, Any, Handler]] = []
+COMMANDS: list[tuple[str, Handler]] = []
+
+
+def handles(method: str, options: Any = None) -> Callable[[Handler], Handler]:
+    """Register a module-level function as the handler of an LSP method, for every session."""
+
+    def register(handler: Handler) -> Handler:
+        HANDLERS.append((method, options, handler))
+        return handler
+
+    return register
+
+
+def handles_command(name: str) -> Callable[[Handler], Handler]:
+    def register(handler: Handler) -> Handler:
+        COMMANDS.append((name, handler))
+        return handler
+
+    return register
 
 
 @dataclass(frozen=True)
@@ -59,13 +96,18 @@ class Answer:
 
 
 class CodeLlamaServer(LanguageServer):
-    def __init__(self) -> None:
+    """One editor session."""
+
+    def __init__(self, host: ModelHost | None = None, session_id: int = 0) -> None:
         super().__init__(
             "codellama-lsp",
             package_version(),
             text_document_sync_kind=types.TextDocumentSyncKind.Incremental,
             protocol_cls=CodeLlamaProtocol,
+            converter_factory=strict_converter,
         )
+        self.host = host or ModelHost(shared=False)
+        self.session_id = session_id
         self.base_settings = Settings()
         """From the command line; the client's settings override them."""
         self.dtype = "auto"
@@ -75,13 +117,22 @@ class CodeLlamaServer(LanguageServer):
         self.status = Status()
         self.typed_through = TypedThrough()
         self.shown: OrderedDict[str, str] = OrderedDict()
-        self.worker: InferenceWorker | None = None
         self.encoding = UTF16
         self.root: str | None = None
-        self.model_state = "loading"
-        self.model_settled = asyncio.Event()
         self.pending_problems: list[str] = []
         self.background: set[asyncio.Task] = set()
+        self._shown_problems: OrderedDict[str, None] = OrderedDict()
+        self._shown_times: deque[float] = deque()
+        self._client_problems = 0
+        self.protocol.on_client_problem = self.client_problem
+
+    @property
+    def worker(self):
+        return self.host.worker
+
+    @property
+    def model_state(self) -> str:
+        return self.host.model.state
 
     def spawn(self, coroutine: Any) -> None:
         """Run a coroutine in the background, holding a reference so it is not collected midway."""
@@ -89,46 +140,103 @@ class CodeLlamaServer(LanguageServer):
         self.background.add(task)
         task.add_done_callback(self.background.discard)
 
+    def close(self) -> None:
+        """The connection ended: stop this session's work and let go of its documents."""
+        self.host.unsubscribe(self.on_model_event)
+        if self.worker is not None:
+            self.worker.cancel_owner(self.session_id)
+        for task in list(self.background):
+            task.cancel()
+        self.documents = DocumentStore()
+        self.typed_through.clear()
+        self.shown.clear()
+
+    # ---- messages to the user ----
+
+    def show(self, kind: types.MessageType, message: str) -> None:
+        """window/showMessage, once per distinct message and session, and at most SHOWN_PER_MINUTE a
+        minute (repeats and the excess go to the log only: a broken client must not bury the user)."""
+        log.warning("%s", message)
+        now = time.monotonic()
+        while self._shown_times and now - self._shown_times[0] > 60:
+            self._shown_times.popleft()
+        if message in self._shown_problems or len(self._shown_times) >= SHOWN_PER_MINUTE:
+            return
+        self._shown_problems[message] = None
+        self._shown_times.append(now)
+        while len(self._shown_problems) > SHOWN_PROBLEMS:
+            self._shown_problems.popitem(last=False)
+        self.window_show_message(types.ShowMessageParams(kind, message))
+
+    def client_problem(self, problem: str) -> None:
+        """A malformed message from the client: logged; the user hears of it once per session."""
+        self._client_problems += 1
+        log.warning("client sent a malformed message: %.500s", problem)
+        if self._client_problems == 1:
+            self.show(
+                types.MessageType.Warning,
+                f"codellama-lsp ignored a malformed message from the editor ({problem[:200]}); "
+                "later ones are only logged",
+            )
+
+    def report_server_error(self, error: Exception, source: Any) -> None:
+        # pygls' default shows every error in a handler of a notification as a popup.
+        if source is FeatureRequestError:  # the request was answered with this error: that is enough
+            log.info("request failed: %s", error)
+            return
+        log.error("error in a notification handler: %s", error)
+        self.client_problem(f"{type(error).__name__}: {error}")
+
     # ---- settings and the model ----
 
     def apply_settings(self, settings: Settings) -> None:
-        """Use new settings: (re)load the model if they name another one."""
+        """Use new settings: over stdio, (re)load the model if they name another one."""
+        if self.host.shared:
+            ignored = [k for k in MODEL_SETTINGS if getattr(settings, k) != getattr(self.base_settings, k)]
+            if ignored:
+                self.show(
+                    types.MessageType.Warning,
+                    f"codellama-lsp is shared over TCP: its model is set by its command line; "
+                    f"the setting(s) {', '.join(ignored)} are ignored",
+                )
+                for key in ignored:
+                    setattr(settings, key, getattr(self.base_settings, key))
         self.settings = settings
         self.typed_through.clear()
-        if self.worker is not None and settings.enable:
-            self.worker.load(ModelSpec.from_settings(settings, self.dtype, self.threads))
+        if settings.enable:
+            self.host.load(ModelSpec.from_settings(settings, self.dtype, self.threads))
+        self.check_prompt_budget()
         state = self.model_state if settings.enable else "disabled"
         if state != self.status.state:
             self.status.state = state
             self.publish_status()
 
+    def check_prompt_budget(self) -> None:
+        """Say so, once, when the budgets ask for more than the loaded model can use (they are scaled down)."""
+        loaded = self.host.model.loaded
+        if loaded is not None and loaded.engine is not None:
+            problem = prompt_budget_problem(self.settings, loaded.engine)
+            if problem:
+                self.show(types.MessageType.Warning, f"codellama-lsp settings: {problem}")
+
     def status_json(self) -> dict[str, Any]:
-        return self.status.to_json(generating=self.worker is not None and self.worker.busy)
+        return self.status.to_json(generating=self.host.generating)
 
     def publish_status(self) -> None:
         self.protocol.notify(STATUS_NOTIFICATION, self.status_json())
 
     def on_model_event(self, event: ModelEvent) -> None:
-        """Runs on the event loop (the worker posts it here)."""
-        self.status.model = event.spec.model or "(default model)"
-        self.status.quantize = event.spec.quantize
-        self.model_state = event.state
+        """Runs on the event loop, after the host updated the shared model state."""
+        m = self.host.model
+        self.status.model, self.status.device, self.status.quantize = m.model, m.device, m.quantize
+        self.status.message, self.status.load_seconds = m.message, m.load_seconds
         if event.state == "loading":
-            self.model_settled.clear()
-            self.status.message = f"loading {self.status.model}"
-            self.spawn(self.report_load_progress(self.status.model))
-        elif event.state == "ready" and event.loaded is not None:
-            loaded = event.loaded
-            self.status.model, self.status.device = loaded.path, loaded.device
-            self.status.quantize, self.status.load_seconds = loaded.quantization, round(loaded.load_s, 3)
-            self.status.message = f"loaded {loaded.describe()}"
-            log.info("%s", self.status.message)
-            self.window_log_message(types.LogMessageParams(types.MessageType.Info, self.status.message))
-            self.model_settled.set()
+            self.spawn(self.report_load_progress(m.model))
+        elif event.state == "ready":
+            self.window_log_message(types.LogMessageParams(types.MessageType.Info, m.message or ""))
+            self.check_prompt_budget()
         elif event.state == "error":
-            self.status.message = event.message
             self.show(types.MessageType.Error, f"codellama-lsp could not load the model: {event.message}")
-            self.model_settled.set()
         self.status.state = event.state if self.settings.enable else "disabled"
         self.publish_status()
 
@@ -146,25 +254,18 @@ class CodeLlamaServer(LanguageServer):
         self.work_done_progress.begin(
             token, types.WorkDoneProgressBegin(title="Code Llama", message=f"loading {model}")
         )
-        await self.model_settled.wait()
+        await self.host.settled.wait()
         done = "ready" if self.model_state == "ready" else "failed: see the error message"
         self.work_done_progress.end(token, types.WorkDoneProgressEnd(message=f"model {done}"))
 
-    def show(self, kind: types.MessageType, message: str) -> None:
-        log.warning("%s", message)
-        self.window_show_message(types.ShowMessageParams(kind, message))
-
     def start_worker(self) -> None:
-        loop = asyncio.get_running_loop()
-
-        def post_event(event: ModelEvent) -> None:
-            loop.call_soon_threadsafe(self.on_model_event, event)
-
-        def post_stats(stats: Any) -> None:
-            loop.call_soon_threadsafe(self.status.record_generation, stats)
-
-        self.worker = InferenceWorker(post_event, post_stats)
-        self.worker.start()
+        """Follow the model's state; a session that joins a running host hears where it stands."""
+        joining = self.host.worker is not None
+        self.host.subscribe(self.on_model_event)
+        self.host.start()
+        if joining:
+            m = self.host.model
+            self.on_model_event(ModelEvent(m.state, ModelSpec(m.model), m.loaded, m.message))
 
     # ---- completions ----
 
@@ -210,6 +311,7 @@ class CodeLlamaServer(LanguageServer):
             cursor=CursorContext.around(text, offset, cursor.line_start, line_end),
             sources=self.context_sources(uri),
             settings=self.settings,
+            owner=self.session_id,
         )
         # The answer's range is in the document as the request saw it: edits that arrive while
         # the model works must not shift it.
@@ -244,7 +346,7 @@ class CodeLlamaServer(LanguageServer):
         """Hand the task to the worker and wait; None when it was cancelled or failed."""
         assert self.worker is not None
         future = asyncio.get_running_loop().create_future()
-        job = self.worker.submit(task, future)
+        job = self.worker.submit(task, future, on_stats=self.status.record_generation)
         try:
             outcome: CompletionOutcome = await future
         except asyncio.CancelledError:  # $/cancelRequest, or shutdown
@@ -271,13 +373,20 @@ class CodeLlamaServer(LanguageServer):
         return Answer(answer_id, cursor.line, end_units, head + completion, completion)
 
 
-server = CodeLlamaServer()
+def new_session(host: ModelHost, session_id: int = 0) -> CodeLlamaServer:
+    """A server object for one connection, with every handler of this module."""
+    ls = CodeLlamaServer(host, session_id)
+    for method, options, handler in HANDLERS:
+        ls.feature(method, options)(handler)
+    for name, handler in COMMANDS:
+        ls.command(name)(handler)
+    return ls
 
 
 # ---- lifecycle ----
 
 
-@server.feature(types.INITIALIZE)
+@handles(types.INITIALIZE)
 def initialize(ls: CodeLlamaServer, params: types.InitializeParams) -> None:
     encoding = ls.workspace.position_encoding or UTF16
     ls.encoding = getattr(encoding, "value", encoding)
@@ -289,16 +398,16 @@ def initialize(ls: CodeLlamaServer, params: types.InitializeParams) -> None:
     ls.settings, ls.pending_problems = settings, problems
 
 
-@server.feature(types.INITIALIZED)
+@handles(types.INITIALIZED)
 async def initialized(ls: CodeLlamaServer, params: types.InitializedParams) -> None:
     if ls.pending_problems:
-        ls.show(types.MessageType.Warning, "codellama-lsp initializationOptions: " + "; ".join(ls.pending_problems))
+        ls.show(types.MessageType.Warning, "codellama-lsp settings: " + "; ".join(ls.pending_problems))
     ls.start_worker()
     ls.apply_settings(ls.settings)
     # POSIX only (os.kill(pid, 0) terminates the process on Windows); and only an editor this
     # server can see (not one on another machine or in another PID namespace).
     if ls.process_id and os.name == "posix" and process_alive(ls.process_id):
-        ls.spawn(exit_when_parent_dies(ls.process_id))
+        ls.spawn(exit_when_parent_dies(ls, ls.process_id))
 
 
 def process_alive(pid: int) -> bool:
@@ -311,43 +420,56 @@ def process_alive(pid: int) -> bool:
     return True
 
 
-async def exit_when_parent_dies(pid: int) -> None:
+async def exit_when_parent_dies(ls: CodeLlamaServer, pid: int) -> None:
     """An editor that crashed leaves no one to send `exit`: don't hold gigabytes of model forever."""
     while process_alive(pid):
         await asyncio.sleep(PARENT_POLL_S)
-    log.warning("the editor (process %s) is gone: exiting", pid)
-    logging.shutdown()
-    os._exit(1)
+    log.warning("the editor (process %s) is gone: ending its session", pid)
+    ls.protocol.on_exit(1)
 
 
-@server.feature(types.SHUTDOWN)
+@handles(types.SHUTDOWN)
 def shutdown(ls: CodeLlamaServer, params: None) -> None:
-    if ls.worker is not None:
+    if ls.worker is None:
+        return
+    if ls.host.shared:  # other connections keep the model: stop only this one's work
+        ls.worker.cancel_owner(ls.session_id)
+    else:
         ls.worker.stop()
 
 
 # ---- documents ----
 
 
-@server.feature(types.TEXT_DOCUMENT_DID_OPEN)
+@handles(types.TEXT_DOCUMENT_DID_OPEN)
 def did_open(ls: CodeLlamaServer, params: types.DidOpenTextDocumentParams) -> None:
     d = params.text_document
-    ls.documents.open(d.uri, d.text, d.version, d.language_id)
+    if not isinstance(d.language_id, str):  # lsprotocol lets any JSON value through here
+        ls.client_problem(f"textDocument/didOpen {d.uri}: languageId must be a string, got {d.language_id!r:.50}")
+        return
+    try:
+        ls.documents.open(d.uri, d.text, d.version, d.language_id)
+    except DocumentTooLarge as e:
+        ls.show(types.MessageType.Warning, f"codellama-lsp: {e}")
 
 
-@server.feature(types.TEXT_DOCUMENT_DID_CHANGE)
+@handles(types.TEXT_DOCUMENT_DID_CHANGE)
 def did_change(ls: CodeLlamaServer, params: types.DidChangeTextDocumentParams) -> None:
     doc = ls.documents.get(params.text_document.uri)
     if doc is None:
         log.info("didChange for a document that is not open: %s", params.text_document.uri)
         return
-    for change in params.content_changes:
-        doc.apply(change, ls.encoding)
+    try:
+        for change in params.content_changes:
+            ls.documents.apply(doc, change, ls.encoding)
+    except DocumentTooLarge as e:
+        ls.show(types.MessageType.Warning, f"codellama-lsp: {e}")
+        return
     doc.version = params.text_document.version
     ls.documents.touch(doc.uri)
 
 
-@server.feature(types.TEXT_DOCUMENT_DID_CLOSE)
+@handles(types.TEXT_DOCUMENT_DID_CLOSE)
 def did_close(ls: CodeLlamaServer, params: types.DidCloseTextDocumentParams) -> None:
     ls.documents.close(params.text_document.uri)
     ls.typed_through.forget(params.text_document.uri)
@@ -356,7 +478,7 @@ def did_close(ls: CodeLlamaServer, params: types.DidCloseTextDocumentParams) -> 
 # ---- completions ----
 
 
-@server.feature(types.TEXT_DOCUMENT_INLINE_COMPLETION, types.InlineCompletionOptions())
+@handles(types.TEXT_DOCUMENT_INLINE_COMPLETION, types.InlineCompletionOptions())
 async def text_document_inline_completion(
     ls: CodeLlamaServer, params: types.InlineCompletionParams
 ) -> types.InlineCompletionList:
@@ -373,7 +495,7 @@ async def text_document_inline_completion(
     return types.InlineCompletionList(items=[item])
 
 
-@server.feature(types.TEXT_DOCUMENT_COMPLETION, types.CompletionOptions())
+@handles(types.TEXT_DOCUMENT_COMPLETION, types.CompletionOptions())
 async def text_document_completion(ls: CodeLlamaServer, params: types.CompletionParams) -> types.CompletionList:
     answer = await ls.complete(params.text_document.uri, params.position)
     if answer is None:
@@ -403,7 +525,7 @@ def line_range(answer: Answer) -> types.Range:
 # ---- commands, settings, status ----
 
 
-@server.command(ACCEPT_COMMAND)
+@handles_command(ACCEPT_COMMAND)
 def codellama_accept(ls: CodeLlamaServer, *args: Any) -> None:
     if len(args) != 1 or not isinstance(args[0], dict) or not isinstance(args[0].get("id"), str):
         raise JsonRpcInvalidParams(f'{ACCEPT_COMMAND}: expected arguments [{{"id": string}}], got {list(args)!r}')
@@ -415,11 +537,28 @@ def codellama_accept(ls: CodeLlamaServer, *args: Any) -> None:
     ls.typed_through.forget(uri)
 
 
-@server.feature(types.WORKSPACE_DID_CHANGE_CONFIGURATION)
+@handles(types.WORKSPACE_DID_CHANGE_CONFIGURATION)
 async def workspace_did_change_configuration(ls: CodeLlamaServer, params: types.DidChangeConfigurationParams) -> None:
-    values = params.settings.get("codellama") if isinstance(params.settings, dict) else None
-    if values is None:
-        values = await pull_configuration(ls)
+    sent = params.settings
+    if isinstance(sent, dict) and "codellama" in sent:
+        values, where = sent["codellama"], "settings.codellama"
+    elif sent is None or isinstance(sent, dict):  # the pull model: ask for the section
+        values, where = await pull_configuration(ls), "the codellama section"
+        if values is None:
+            ls.show(
+                types.MessageType.Warning,
+                "codellama-lsp: the editor changed its configuration but sent no codellama settings, "
+                "and could not be asked for them (workspace/configuration): settings unchanged",
+            )
+            return
+    else:
+        values, where = sent, "settings"
+    if values is not None and not isinstance(values, dict):
+        ls.show(
+            types.MessageType.Warning,
+            f"codellama-lsp: {where} must be an object, got {type(values).__name__}: settings unchanged",
+        )
+        return
     settings, problems = with_overrides(ls.base_settings, values)
     if problems:
         ls.show(types.MessageType.Warning, "codellama-lsp settings: " + "; ".join(problems))
@@ -440,6 +579,6 @@ async def pull_configuration(ls: CodeLlamaServer) -> Any:
         return None
 
 
-@server.feature(STATUS_REQUEST)
+@handles(STATUS_REQUEST)
 def codellama_status(ls: CodeLlamaServer, params: Any) -> dict[str, Any]:
     return ls.status_json()

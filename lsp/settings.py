@@ -111,7 +111,9 @@ def convert(value: Any, kind: Any) -> tuple[bool, Any]:
         # JSON has one number type: accept 3.0 but not 3.5, and never true/false.
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             return False, value
-        return (float(value).is_integer(), int(value)) if isinstance(value, float) else (True, value)
+        if isinstance(value, float):  # NaN and Infinity are floats too, and not integers
+            return (True, int(value)) if value.is_integer() else (False, value)
+        return True, value
     if kind is float:
         ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
         return ok, float(value) if ok else value

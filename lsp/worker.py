@@ -3,9 +3,10 @@
 Model work never runs on the event loop. Handlers hand a Job to the worker and await
 its future; the worker resolves it from its thread through `loop.call_soon_threadsafe`.
 
-Scheduling, per document: a newer request replaces an older one still waiting (which
-is answered as cancelled at once) and cancels one being generated (the engine checks
-the job's event between decode steps). A request identical to the waiting or running
+Scheduling, per document (a task's `key`: one document of one session): a newer
+request replaces an older one still waiting (which is answered as cancelled at once)
+and cancels one being generated (the engine checks the job's event between decode
+steps). Sessions never cancel or join each other's jobs. A request identical to the waiting or running
 one (VS Code asks for inline and classic completions at the same keystroke) joins it
 instead. Requests for different documents are served in arrival order. A load is done
 before any waiting request.
@@ -36,6 +37,8 @@ class Job:
     task: CompletionTask
     loop: asyncio.AbstractEventLoop
     futures: list[asyncio.Future] = field(default_factory=list)
+    on_stats: Callable[[Any], None] = lambda stats: None
+    """Called on the event loop with the GenerationStats of the model call, before the outcome."""
     cancel: threading.Event = field(default_factory=threading.Event)
     resolved: bool = False
     """Set before the outcome is delivered: a request arriving after that must not join."""
@@ -49,6 +52,11 @@ class Job:
         self.resolved = True
 
         def deliver() -> None:
+            if outcome.stats is not None:  # first, so a status request after the answer sees them
+                try:
+                    self.on_stats(outcome.stats)
+                except Exception:
+                    log.error("generation stats handler failed: %s", traceback.format_exc())
             for future in self.futures:
                 if not future.done():
                     future.set_result(outcome)
@@ -74,14 +82,11 @@ class InferenceWorker:
     def __init__(
         self,
         on_model_event: Callable[[ModelEvent], None],
-        on_generation: Callable[[Any], None] = lambda stats: None,
         loader: Callable[[ModelSpec], LoadedModel] = load,
         completer: Completer | None = None,
     ) -> None:
-        """Callbacks are called on the worker thread: `on_model_event` at each model state change,
-        `on_generation` with the GenerationStats of every model call (cancelled ones too)."""
+        """`on_model_event` is called on the worker thread at each model state change."""
         self.on_model_event = on_model_event
-        self.on_generation = on_generation
         self.loader = loader
         self.completer = completer or Completer()
         self.loaded: LoadedModel | None = None
@@ -112,6 +117,13 @@ class InferenceWorker:
         for job in jobs:
             job.resolve(CompletionOutcome(cancelled=True))
 
+    def join(self, timeout: float | None = None) -> bool:
+        """Wait for the thread to end (after stop); False if it is still running."""
+        if self._thread.ident is None:
+            return True
+        self._thread.join(timeout)
+        return not self._thread.is_alive()
+
     def load(self, spec: ModelSpec) -> None:
         """Load (or resize to) this spec before serving more requests; a no-op if it is loaded."""
         with self._cond:
@@ -119,25 +131,29 @@ class InferenceWorker:
             self._failed = None
             self._cond.notify_all()
 
-    def submit(self, task: CompletionTask, future: asyncio.Future) -> Job:
-        """Queue a request; the document's older waiting or running job is cancelled, an identical one joined."""
-        uri = task.uri
+    def submit(
+        self, task: CompletionTask, future: asyncio.Future, on_stats: Callable[[Any], None] = lambda stats: None
+    ) -> Job:
+        """Queue a request; the document's older waiting or running job is cancelled, an identical one joined.
+
+        on_stats gets the GenerationStats of the model call (cancelled ones too), on the event loop."""
+        key = task.key
         with self._cond:
             if self._stopping:  # after shutdown nothing would ever run it
                 job = Job(task, asyncio.get_running_loop(), [future])
                 job.cancel.set()
                 job.resolve(CompletionOutcome(cancelled=True))
                 return job
-            for current in (self._pending.get(uri), self._running):
-                if current is not None and current.task.uri == uri and current.same_request(task):
+            for current in (self._pending.get(key), self._running):
+                if current is not None and current.task.key == key and current.same_request(task):
                     if not (current.cancel.is_set() or current.resolved):
                         current.futures.append(future)
                         return current
-            older = self._pending.pop(uri, None)
-            if self._running is not None and self._running.task.uri == uri:
+            older = self._pending.pop(key, None)
+            if self._running is not None and self._running.task.key == key:
                 self._running.cancel.set()
-            job = Job(task, asyncio.get_running_loop(), [future])
-            self._pending[uri] = job
+            job = Job(task, asyncio.get_running_loop(), [future], on_stats)
+            self._pending[key] = job
             self._cond.notify_all()
         if older is not None:
             older.cancel.set()
@@ -152,8 +168,20 @@ class InferenceWorker:
             if job.futures:
                 return
             job.cancel.set()
-            if self._pending.get(job.task.uri) is job:
-                del self._pending[job.task.uri]
+            if self._pending.get(job.task.key) is job:
+                del self._pending[job.task.key]
+
+    def cancel_owner(self, owner: Any) -> None:
+        """Cancel every waiting and running job of one session (its connection ended)."""
+        with self._cond:
+            jobs = [job for key, job in self._pending.items() if job.task.owner == owner]
+            for job in jobs:
+                del self._pending[job.task.key]
+            if self._running is not None and self._running.task.owner == owner:
+                self._running.cancel.set()
+        for job in jobs:
+            job.cancel.set()
+            job.resolve(CompletionOutcome(cancelled=True))
 
     # ---- the thread ----
 
@@ -219,11 +247,6 @@ class InferenceWorker:
         except Exception as e:  # a bug must cost one answer, not the server
             log.error("completion failed: %s", traceback.format_exc())
             outcome = CompletionOutcome(error=f"{type(e).__name__}: {e}")
-        if outcome.stats is not None:  # reported before the answer, so a status request after it sees them
-            try:
-                self.on_generation(outcome.stats)
-            except Exception:
-                log.error("generation stats handler failed: %s", traceback.format_exc())
         job.resolve(outcome)
 
     def _report(self, event: ModelEvent) -> None:

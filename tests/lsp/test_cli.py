@@ -92,6 +92,9 @@ async def test_serves_over_tcp(scripted_checkpoint, tmp_path):
         assert result.items[0].insert_text == "    " + SCRIPT
         await client.shutdown_async(None)
         client.exit(None)
+        await asyncio.sleep(0.5)
+        assert server.returncode is None  # `exit` ends that connection, not the server
+        server.terminate()  # SIGTERM: an orderly stop
         assert await asyncio.wait_for(server.wait(), 30) == 0
         assert "loaded" in log_file.read_text(encoding="utf-8")  # --log-file got the log
     finally:

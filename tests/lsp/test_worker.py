@@ -59,7 +59,7 @@ def fake_loaded(spec: ModelSpec) -> LoadedModel:
 
 async def started_worker(completer=None, loader=fake_loaded):
     events, stats = [], []
-    worker = InferenceWorker(events.append, stats.append, loader=loader, completer=completer)
+    worker = InferenceWorker(events.append, loader=loader, completer=completer)
     worker.start()
     worker.load(SPEC)
     while not any(e.state in ("ready", "error") for e in events):
@@ -166,7 +166,7 @@ async def test_cancellation_stops_a_real_generation_within_a_step(tokenizer):
 
     worker, _, stats = await started_worker(loader=load)
     future = asyncio.get_running_loop().create_future()
-    job = worker.submit(task(max_tokens=2000, time_budget_ms=60000), future)
+    job = worker.submit(task(max_tokens=2000, time_budget_ms=60000), future, on_stats=stats.append)
     while not worker.busy:
         await asyncio.sleep(0.001)
     await asyncio.sleep(0.05)
