@@ -49,6 +49,7 @@ class _QuietClientErrors(logging.Filter):
             record.msg = f"{record.getMessage()}: {record.exc_info[1]}"
             record.args, record.exc_info, record.exc_text = (), None, None
             record.levelno, record.levelname = logging.INFO, "INFO"
+            return logging.getLogger(record.name).isEnabledFor(logging.INFO)
         return True
 
 
@@ -136,6 +137,11 @@ class CodeLlamaProtocol(LanguageServerProtocol):
 
     def receive(self, data: dict[str, Any]) -> None:
         """Decode and handle one message object (from lsp.transport); never raises."""
+        method = data.get("method")
+        if data.get("id") is not None and isinstance(method, str) and is_notification_method(method):
+            # Checked on the raw object: decoded, a notification type drops the id.
+            self._refuse(data["id"], JsonRpcInvalidRequest(f"{method} is a notification: it must not have an id"))
+            return
         try:
             message = self.structure_message(data)
             self.handle_message(message)
@@ -171,9 +177,6 @@ class CodeLlamaProtocol(LanguageServerProtocol):
             return
         method = getattr(message, "method", None)
         request_id = getattr(message, "id", None) if method is not None else None
-        if request_id is not None and is_notification_method(method):
-            self._refuse(request_id, JsonRpcInvalidRequest(f"{method} is a notification: it must not have an id"))
-            return
         if not self.initialize_seen and method not in (types.INITIALIZE, types.EXIT):
             if request_id is not None:
                 self._refuse(request_id, JsonRpcServerNotInitialized(f"{method}: the server has not been initialized"))

@@ -226,6 +226,8 @@ def serve_tcp(configure: Configure, host_address: str, port: int, base_spec: Any
         try:
             code = await run_session(session, read)
             log.info("session %d: ended (%d)", session_id, code)
+        except asyncio.CancelledError:  # the server is stopping
+            log.info("session %d: closed as the server stops", session_id)
         except Exception:
             log.exception("session %d failed", session_id)
         finally:

@@ -16,6 +16,7 @@ Handlers are written once, below, as module-level functions registered with `han
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import logging
 import os
 import time
@@ -53,10 +54,13 @@ PARENT_POLL_S = 5.0
 """How often to check that the editor that started the server is still alive."""
 SHOWN_PROBLEMS = 64
 """Distinct messages remembered per session, so that each is shown to the user once."""
-SHOWN_PER_MINUTE = 5
+SHOWN_PER_MINUTE = 10
 """Messages shown to the user per session and minute at most; the rest are logged."""
 MODEL_SETTINGS = ("model", "device", "quantize")
 """Settings that choose the model: over TCP they belong to the command line."""
+
+RELEASE_AFTER_CHARS = 2**20
+"""Closing a document this large hands freed memory back to the system (see release_free_memory)."""
 
 Handler = Callable[..., Any]
 HANDLERS: list[tuple[str, Any, Handler]] = []
@@ -214,10 +218,16 @@ class CodeLlamaServer(LanguageServer):
     def check_prompt_budget(self) -> None:
         """Say so, once, when the budgets ask for more than the loaded model can use (they are scaled down)."""
         loaded = self.host.model.loaded
-        if loaded is not None and loaded.engine is not None:
-            problem = prompt_budget_problem(self.settings, loaded.engine)
-            if problem:
-                self.show(types.MessageType.Warning, f"codellama-lsp settings: {problem}")
+        if loaded is None or loaded.engine is None:
+            return
+        problem = prompt_budget_problem(self.settings, loaded.engine)
+        if not problem:
+            return
+        defaults = Settings()
+        if (self.settings.prompt, self.settings.max_tokens) == (defaults.prompt, defaults.max_tokens):
+            log.info("default budgets scaled to the model: %s", problem)  # nothing the user chose
+        else:
+            self.show(types.MessageType.Warning, f"codellama-lsp settings: {problem}")
 
     def status_json(self) -> dict[str, Any]:
         return self.status.to_json(generating=self.host.generating)
@@ -471,8 +481,12 @@ def did_change(ls: CodeLlamaServer, params: types.DidChangeTextDocumentParams) -
 
 @handles(types.TEXT_DOCUMENT_DID_CLOSE)
 def did_close(ls: CodeLlamaServer, params: types.DidCloseTextDocumentParams) -> None:
+    doc = ls.documents.get(params.text_document.uri)
     ls.documents.close(params.text_document.uri)
     ls.typed_through.forget(params.text_document.uri)
+    if doc is not None and len(doc.text) >= RELEASE_AFTER_CHARS:
+        del doc
+        release_free_memory()
 
 
 # ---- completions ----
@@ -516,6 +530,20 @@ async def text_document_completion(ls: CodeLlamaServer, params: types.Completion
     )
     # Incomplete: every keystroke changes the completion, so the client must ask again.
     return types.CompletionList(is_incomplete=True, items=[item])
+
+
+def release_free_memory() -> None:
+    """Give freed heap memory back to the system (glibc's malloc_trim; a no-op elsewhere).
+
+    A closed 20 MB document is freed, but glibc keeps the pages for reuse: RSS stayed 50 MB
+    above where it started after opening and closing a few (measured). Python offers no call
+    for this, so it goes through ctypes."""
+    try:
+        libc = ctypes.CDLL(None)
+        trim = libc.malloc_trim
+    except (OSError, AttributeError):
+        return
+    trim(0)
 
 
 def line_range(answer: Answer) -> types.Range:

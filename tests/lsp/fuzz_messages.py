@@ -69,7 +69,7 @@ def document_text(rng: random.Random) -> str:
         return "x = 1  # " + "\ud800" + "\n"  # a lone surrogate
     if kind < 0.08:
         return "y" * rng.randint(100_000, 400_000)  # one long line
-    lines = ["def f%d(a, b):\n    return a + %d\n" % (i, i) for i in range(rng.randint(1, 40))]
+    lines = [f"def f{i}(a, b):\n    return a + {i}\n" for i in range(rng.randint(1, 40))]
     return "".join(lines)
 
 
@@ -169,4 +169,6 @@ def fuzz_frames(rng: random.Random, count: int) -> Iterator[bytes]:
             message["id"] = 10_000 + i
         yield frame(dumps(message))
     for uri in URIS:  # close what is open, so memory can return to where it started
-        yield frame(dumps({"jsonrpc": "2.0", "method": "textDocument/didClose", "params": {"textDocument": {"uri": uri}}}))
+        yield frame(
+            dumps({"jsonrpc": "2.0", "method": "textDocument/didClose", "params": {"textDocument": {"uri": uri}}})
+        )

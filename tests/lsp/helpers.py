@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 import sys
 import time
 from pathlib import Path
@@ -21,6 +22,38 @@ SCRIPT = "return a + b"
 
 def server_command(*args: str) -> list[str]:
     return [sys.executable, "-m", "lsp", "--device", "cpu", *args]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class TcpServer:
+    """`codellama-lsp --tcp` as a subprocess on a free localhost port."""
+
+    def __init__(self, process: asyncio.subprocess.Process, port: int) -> None:
+        self.process, self.port = process, port
+
+    @classmethod
+    async def start(cls, *args: str) -> TcpServer:
+        port = free_port()
+        process = await asyncio.create_subprocess_exec(*server_command("--tcp", "--port", str(port), *args))
+        for _ in range(300):  # it listens within seconds (torch loads later)
+            try:
+                _, writer = await asyncio.open_connection("127.0.0.1", port)
+                writer.close()
+                return cls(process, port)
+            except OSError:
+                assert process.returncode is None, "the TCP server exited"
+                await asyncio.sleep(0.1)
+        raise TimeoutError(f"nothing listens on port {port}")
+
+    async def stop(self) -> int:
+        if self.process.returncode is None:
+            self.process.terminate()
+        return await asyncio.wait_for(self.process.wait(), 30)
 
 
 async def start_client(client_name: str, *server_args: str, options: dict | None = None) -> LanguageClient:

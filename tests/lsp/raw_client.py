@@ -16,16 +16,27 @@ class RawConnection:
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, process=None) -> None:
         self.reader, self.writer, self.process = reader, writer, process
         self.notifications: list[dict] = []
+        self.unmatched: list[dict] = []
+        """Responses to no request of ours (the server's answers with id null)."""
         self._responses: dict[Any, asyncio.Future] = {}
         self._ids = itertools.count(1)
         self._reading = asyncio.ensure_future(self._read_loop())
 
     @classmethod
-    async def stdio(cls, *command: str) -> RawConnection:
+    async def stdio(cls, *command: str, stderr: bool = False) -> RawConnection:
+        """stderr=True keeps the server's stderr for the test (only for quiet runs: a full pipe blocks it)."""
         process = await asyncio.create_subprocess_exec(
-            *command, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE
+            *command,
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE if stderr else None,
         )
         return cls(process.stdout, process.stdin, process)
+
+    @classmethod
+    async def tcp(cls, host: str, port: int) -> RawConnection:
+        reader, writer = await asyncio.open_connection(host, port)
+        return cls(reader, writer)
 
     async def send_bytes(self, body: bytes) -> None:
         self.writer.write(b"Content-Length: %d\r\n\r\n" % len(body) + body)
@@ -69,10 +80,47 @@ class RawConnection:
                     length = int(header.split(b":")[1])
                 elif header in (b"\r\n", b"\n") and length is not None:
                     break
-            message = json.loads(await self.reader.readexactly(length))
+            try:
+                message = json.loads(await self.reader.readexactly(length))
+            except asyncio.IncompleteReadError:
+                return
             if "method" in message and "id" in message:  # a request from the server: accept it
                 await self.send({"jsonrpc": "2.0", "id": message["id"], "result": None})
             elif "method" in message:
                 self.notifications.append(message)
             elif message.get("id") in self._responses:
                 self._responses.pop(message["id"]).set_result(message)
+            else:
+                self.unmatched.append(message)
+
+    async def initialize(self, options: Any = None, capabilities: dict | None = None) -> dict:
+        """initialize + initialized, as a client does; returns the initialize response."""
+        params = {"processId": None, "capabilities": capabilities or {}, "initializationOptions": options}
+        response = await self.request("initialize", params)
+        await self.notify("initialized", {})
+        return response
+
+    async def status(self) -> dict:
+        return (await self.request("codellama/status"))["result"]
+
+    async def wait_until_ready(self, timeout: float = 90) -> dict:
+        deadline = asyncio.get_running_loop().time() + timeout
+        while (current := await self.status())["state"] != "ready":
+            assert current["state"] != "error" and asyncio.get_running_loop().time() < deadline, current
+            await asyncio.sleep(0.1)
+        return current
+
+    async def wait_for_message(self, predicate, timeout: float = 10) -> str:
+        """The first window/showMessage text matching predicate, waiting for it (handlers run async)."""
+        deadline = asyncio.get_running_loop().time() + timeout
+        while not (found := [m for m in self.shown_messages() if predicate(m)]):
+            assert asyncio.get_running_loop().time() < deadline, self.shown_messages()
+            await asyncio.sleep(0.05)
+        return found[0]
+
+    async def closed_by_server(self, timeout: float = 10) -> None:
+        """Wait until the server ends the connection (the read loop sees the end of the stream)."""
+        await asyncio.wait_for(asyncio.shield(self._reading), timeout)
+
+    def shown_messages(self) -> list[str]:
+        return [n["params"]["message"] for n in self.notifications if n["method"] == "window/showMessage"]

@@ -105,6 +105,20 @@ async def test_a_ten_megabyte_document(client, uri):
     await still_works(client, uri)
 
 
+async def test_a_lone_surrogate_costs_nothing_elsewhere(client, uri):
+    """Half of a UTF-16 pair is valid JSON, and editors send it; UTF-8 (and SentencePiece) cannot
+    encode it. Open in another document, it once broke every completion until it was closed."""
+    broken = uri.replace(".py", "_broken.py")
+    open_document(client, broken, "label = 'caf\ud800'\ndef add(a, b):\n    \n")
+    [item] = await inline(client, broken, types.Position(2, 4))
+    assert item.insert_text == "    " + SCRIPT  # in the document itself, too
+    open_document(client, uri, FUNCTION)
+    [item] = await inline(client, uri, BODY)
+    assert item.insert_text == "    " + SCRIPT
+    assert (await status(client))["failed"] == 0
+    await still_works(client, uri)
+
+
 async def test_windows_line_endings_and_form_feeds(client, uri):
     # LSP lines end at \n, \r\n and \r only: a form feed (as in some C and Python sources)
     # must not shift the lines after it, as str.splitlines would.

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import socket
 import subprocess
 import sys
 
@@ -12,7 +11,7 @@ from lsprotocol import types
 from pytest_lsp import client_capabilities, make_test_lsp_client
 
 from lsp.cli import build_parser
-from tests.lsp.helpers import SCRIPT, server_command
+from tests.lsp.helpers import SCRIPT, free_port, server_command
 from tests.lsp.raw_client import RawConnection
 
 
@@ -52,12 +51,6 @@ def test_complete_prints_a_middle(tiny_checkpoint, tmp_path):
                          f"{source}:2:5")  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert "prompt" in result.stderr and "generated" in result.stderr
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.mark.asyncio

@@ -111,3 +111,39 @@ def test_budgets_shrink_together_to_fit_the_models_context():
     prefix, suffix, context = fit_budgets(1024, 320, 512, 880)
     assert prefix + suffix + context <= 880 and prefix > 2 * suffix and context > 0
     assert fit_budgets(100, 50, 0, -5) == (0, 0, 0)
+
+
+# ---- other documents cost a bounded amount, and a bad one only its own snippet ----
+
+
+def test_a_document_the_tokenizer_rejects_costs_only_its_snippet():
+    def count(text: str) -> int:
+        if "POISON" in text:
+            raise RuntimeError("the tokenizer choked")
+        return len(text) // 3
+
+    sources = (ContextSource("bad.py", "POISON = 1\n"), ContextSource("good.py", "def helper():\n    pass\n"))
+    context = context_comments(sources, "python", "helper", count, 500, SnippetCache())
+    assert "good.py" in context and "bad.py" not in context
+
+
+def test_a_five_megabyte_line_is_scanned_and_tokenized_in_bounded_pieces():
+    counted: list[int] = []
+
+    def count(text: str) -> int:
+        counted.append(len(text))
+        return len(text) // 3
+
+    huge = ContextSource("minified.js", "var a=1;" * 650_000, ("minified", 1))
+    assert len(huge.text) > 5_000_000
+    cache = SnippetCache()
+    context = context_comments((huge,), "javascript", "query words", count, 500, cache)
+    assert context and max(counted) < 1_000  # a snippet line is cut, never the whole line
+    assert max(len(line) for line in best_snippet(huge.text, "var")) <= 300
+    context_comments((huge,), "javascript", "query words", count, 500, cache)
+    assert len(counted) == 1  # the same snippet is not tokenized again
+
+
+def test_context_stops_at_its_deadline():
+    sources = (ContextSource("a.py", "def a():\n    pass\n"),)
+    assert context_comments(sources, "python", "a", len, 500, SnippetCache(), deadline=0.0) == ""
