@@ -22,6 +22,7 @@ import pickle
 import re
 import shutil
 import tempfile
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -199,8 +200,25 @@ def read_safetensors(path: Path) -> dict[str, torch.Tensor]:
         raise CheckpointError(f"{path}: cannot read safetensors file ({e}); is it truncated or corrupt?") from e
 
 
+PICKLE_PROTOCOL_MARK = 0x80
+"""The first byte of a pickle (protocol 2 and later): a legacy, pre-zip torch.save file starts with it."""
+
+
 def read_pickled_tensors(path: Path) -> dict[str, torch.Tensor]:
     """A .pth/.bin file, loaded with weights_only=True: tensors and containers, no code."""
+    if not zipfile.is_zipfile(path):
+        try:
+            with path.open("rb") as f:
+                first = f.read(1)
+        except OSError as e:
+            raise CheckpointError(f"{path}: cannot read: {e}") from e
+        if first and first[0] == PICKLE_PROTOCOL_MARK:
+            raise CheckpointError(
+                f"{path}: refusing to load: a legacy-format PyTorch file (a bare pickle, not the zip archive "
+                "torch.save has written since torch 1.6). A bare pickle can run code while it loads, so it is "
+                "never read here. If you trust where it came from, re-save it with a current torch or convert "
+                "it to safetensors."
+            )
     try:
         value = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except pickle.UnpicklingError as e:

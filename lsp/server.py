@@ -34,11 +34,11 @@ from pygls.uris import to_fs_path
 from lsp.completer import CompletionOutcome, CompletionTask
 from lsp.documents import UTF16, Cursor, Document, DocumentStore, DocumentTooLarge, PositionError, code_units
 from lsp.host import ModelHost
-from lsp.loading import ModelSpec, prompt_budget_problem
+from lsp.loading import ModelSpec, prompt_budget_problem, usable_lengths
 from lsp.postprocess import CursorContext, trim_auto_closed
 from lsp.prompt import ContextSource
 from lsp.protocol import CodeLlamaProtocol, strict_converter
-from lsp.settings import Settings, with_overrides
+from lsp.settings import PromptSettings, Settings, with_overrides
 from lsp.status import Status, package_version
 from lsp.typed_through import TypedThrough
 from lsp.worker import ModelEvent
@@ -223,8 +223,8 @@ class CodeLlamaServer(LanguageServer):
         problem = prompt_budget_problem(self.settings, loaded.engine)
         if not problem:
             return
-        defaults = Settings()
-        if (self.settings.prompt, self.settings.max_tokens) == (defaults.prompt, defaults.max_tokens):
+        new_tokens, _ = usable_lengths(self.settings, loaded.engine)
+        if self.settings.prompt == PromptSettings() and new_tokens == self.settings.max_tokens:
             log.info("default budgets scaled to the model: %s", problem)  # nothing the user chose
         else:
             self.show(types.MessageType.Warning, f"codellama-lsp settings: {problem}")

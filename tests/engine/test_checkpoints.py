@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import shutil
 from pathlib import Path
 
@@ -207,6 +208,30 @@ def test_pickle_with_code_is_refused(meta_dir, tmp_path):
     with pytest.raises(CheckpointError, match=r"consolidated.00.pth: refusing to load: the file holds Python objects"):
         load_model(broken, "cpu")
     assert not marker.exists()
+
+
+@pytest.mark.parametrize("how", ["legacy torch.save", "plain pickle with code"])
+def test_legacy_pickles_are_refused_for_what_they_are(meta_dir, tmp_path, how):
+    broken = copy_dir(meta_dir, tmp_path / "meta")
+    marker = tmp_path / "code-ran"
+    state = torch.load(broken / "consolidated.00.pth", weights_only=True)
+    if how == "legacy torch.save":
+        torch.save(state, broken / "consolidated.00.pth", _use_new_zipfile_serialization=False)
+    else:
+        with (broken / "consolidated.00.pth").open("wb") as f:
+            pickle.dump({**state, "evil": RunsCode(marker)}, f)
+    with pytest.raises(CheckpointError, match=r"refusing to load: a legacy-format PyTorch file") as error:
+        load_model(broken, "cpu")
+    assert "truncated or corrupt" not in str(error.value)
+    assert not marker.exists()
+
+
+def test_a_truncated_pth_is_called_truncated(meta_dir, tmp_path):
+    broken = copy_dir(meta_dir, tmp_path / "meta")
+    shard = broken / "consolidated.00.pth"
+    shard.write_bytes(shard.read_bytes()[:300])
+    with pytest.raises(CheckpointError, match=r"consolidated.00.pth: cannot read PyTorch file .*truncated or corrupt"):
+        load_model(broken, "cpu")
 
 
 def test_unsupported_architecture(hf_dir, tmp_path):

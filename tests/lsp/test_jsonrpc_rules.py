@@ -122,6 +122,13 @@ async def test_settings_that_are_not_an_object_say_so(conn, settings):
     await still_serves(conn, f"settings_{kind}")
 
 
+async def test_budgets_past_the_trained_length_are_scaled_and_reported(conn):
+    budgets = {"prompt": {"prefixTokens": 16384, "suffixTokens": 16384, "contextTokens": 16384}}
+    await conn.notify("workspace/didChangeConfiguration", {"settings": {"codellama": budgets}})
+    await conn.wait_for_message(lambda m: "49,152" in m and "trained on 1,024 positions" in m)
+    await still_serves(conn, "huge_budgets")
+
+
 async def test_null_settings_without_a_way_to_pull_them_say_so(conn):
     await conn.notify("workspace/didChangeConfiguration", {"settings": None})
     await conn.wait_for_message(lambda m: "sent no codellama settings" in m)
