@@ -5,9 +5,12 @@
         optimizer.pt            AdamW state keyed by parameter name (tensors and numbers only)
         trainer_state.json      step, data position, scheduler, tokens seen, the config
         rng-rank0.pt ...        each rank's torch / CUDA / Python RNG state
+        checksums.json          SHA-256 of each file above, written last
 
 A checkpoint is assembled in a hidden temporary folder and renamed into place, so a
 crash leaves either the previous checkpoint or the complete new one, never half of one.
+What the disk does to it later (a truncated copy, a flipped bit) the checksums find:
+resuming takes the newest checkpoint that verifies, and says which ones it passed over.
 State dicts go through torch.distributed.checkpoint.state_dict, which gives full
 (unsharded) tensors under FSDP and plain ones without it. Loading uses
 torch.load(weights_only=True): nothing is unpickled but tensors and containers.
@@ -15,11 +18,13 @@ torch.load(weights_only=True): nothing is unpickled but tensors and containers.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import random
 import re
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -38,6 +43,8 @@ STEP_DIR = re.compile(r"^step-(\d{8})$")
 TRAINABLE = "trainable.safetensors"
 OPTIMIZER = "optimizer.pt"
 TRAINER_STATE = "trainer_state.json"
+CHECKSUMS = "checksums.json"
+HASH_CHUNK = 16 * 2**20
 
 
 class ResumeError(ValueError):
@@ -116,12 +123,72 @@ def save_training_checkpoint(
         save_file(weights, str(staging / TRAINABLE))
         torch.save(optim, staging / OPTIMIZER)
         (staging / TRAINER_STATE).write_text(json.dumps(trainer_state, indent=2) + "\n", encoding="utf-8")
+        write_checksums(staging)
         shutil.rmtree(final, ignore_errors=True)  # a re-run of the same step replaces it
         os.replace(staging, final)
         for old in step_dirs(run_dir)[:-keep]:
             shutil.rmtree(old, ignore_errors=True)
     barrier()
     return final
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(HASH_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def write_checksums(folder: Path) -> None:
+    sums = {p.name: file_sha256(p) for p in sorted(folder.iterdir()) if p.is_file() and p.name != CHECKSUMS}
+    (folder / CHECKSUMS).write_text(json.dumps(sums, indent=2) + "\n", encoding="utf-8")
+
+
+def verify_checkpoint(checkpoint: Path) -> str | None:
+    """Why the checkpoint cannot be trusted (a missing, truncated or changed file), or None."""
+    path = checkpoint / CHECKSUMS
+    try:
+        sums = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return f"{path} is missing (a checkpoint written before checksums, or an incomplete copy)"
+    except (OSError, ValueError) as e:
+        return f"{path}: cannot read: {e}"
+    if not isinstance(sums, dict) or TRAINER_STATE not in sums:
+        return f"{path}: not a checkpoint's checksum list"
+    for name, expected in sums.items():
+        file = checkpoint / str(name)
+        if "/" in str(name) or not file.is_file():
+            return f"{file} is missing"
+        try:
+            if file_sha256(file) != expected:
+                return f"{file} does not match its checksum (truncated or changed on disk)"
+        except OSError as e:
+            return f"{file}: cannot read: {e}"
+    return None
+
+
+def resumable_checkpoint(run_dir: str | Path, say: Callable[[str], None] = print) -> Path | None:
+    """The newest checkpoint that verifies; None when the run has none at all.
+
+    Raises ResumeError when there are checkpoints but none verifies: starting over would
+    silently throw the run away."""
+    dirs = step_dirs(run_dir)
+    problems = []
+    for checkpoint in reversed(dirs):
+        problem = verify_checkpoint(checkpoint)
+        if problem is None:
+            if problems:
+                say(f"note: resuming from {checkpoint.name}, the newest checkpoint that verifies")
+            return checkpoint
+        say(f"warning: {checkpoint.name} cannot be resumed: {problem}")
+        problems.append(f"{checkpoint.name}: {problem}")
+    if problems:
+        raise ResumeError(
+            f"{Path(run_dir) / CHECKPOINTS}: no checkpoint verifies ({'; '.join(problems)}); "
+            "use --output.resume false (or another output.dir) to start over"
+        )
+    return None
 
 
 def read_trainer_state(checkpoint: Path) -> dict:
@@ -163,4 +230,7 @@ def load_rng(checkpoint: Path, rank: int) -> None:
     path = checkpoint / f"rng-rank{rank}.pt"
     if not path.is_file():
         path = checkpoint / "rng-rank0.pt"  # resumed with more ranks than saved: not bit-exact
-    set_rng_state(torch.load(path, weights_only=True))
+    try:
+        set_rng_state(torch.load(path, weights_only=True))
+    except Exception as e:  # missing, truncated, or not an RNG state
+        raise ResumeError(f"{path}: cannot read the random-number state: {e}") from e

@@ -42,7 +42,10 @@ def find_checkpoint(run: Path, checkpoint: Path | None) -> Path:
         if not (checkpoint / ckpt.TRAINER_STATE).is_file():
             raise ExportError(f"{checkpoint}: not a training checkpoint (no {ckpt.TRAINER_STATE})")
         return checkpoint
-    latest = ckpt.latest_checkpoint(run)
+    try:  # the newest checkpoint that verifies: never export a damaged one
+        latest = ckpt.resumable_checkpoint(run, lambda message: print(message, file=sys.stderr))
+    except ckpt.ResumeError as e:
+        raise ExportError(str(e)) from e
     if latest is None:
         raise ExportError(f"{run}: no checkpoints/step-NNNNNNNN folder: has `fit` saved one yet?")
     return latest

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib.util
 import json
 import math
 import os
@@ -101,6 +102,19 @@ def check_resume_matches(saved: dict, config: FitConfig, checkpoint: Path) -> li
     ]
 
 
+def missing_dependencies(config: FitConfig) -> list[str]:
+    """What this run will need that is not installed, each with how to get it."""
+    wanted = {"matplotlib": "it draws RUN/loss.png at every checkpoint"}
+    if config.train.method == "qlora":
+        wanted["bitsandbytes"] = "QLoRA keeps the base weights in its nf4 format"
+    return [
+        f"{name} is not installed ({why}): pip install -e '.[train]'"
+        + (" and '.[cuda]'" if name == "bitsandbytes" else "")
+        for name, why in wanted.items()
+        if importlib.util.find_spec(name) is None
+    ]
+
+
 def train(config: FitConfig, on_step: Callable[[int, dict], None] | None = None) -> dict:
     """Run (or resume) training to config.train.max_steps; return the last logged metrics.
 
@@ -113,6 +127,10 @@ def train(config: FitConfig, on_step: Callable[[int, dict], None] | None = None)
     run_dir = Path(config.output.dir)
     say = tqdm.write if topo.main else (lambda *_: None)
 
+    missing = missing_dependencies(config) if topo.main else []
+    if missing:  # found now, not after an hour of training at the first checkpoint
+        raise TrainingError("; ".join(missing))
+
     # ---- data: the corpus text (tokenized and FIM-transformed per epoch by TrainBatches) ----
     manifest = read_manifest(d.dir)
     texts = split_documents(read_texts(d.dir, "train"), d.max_document_chars)
@@ -123,7 +141,7 @@ def train(config: FitConfig, on_step: Callable[[int, dict], None] | None = None)
     # ---- model, and the checkpoint to resume from ----
     model, core, tok, tokenizer_path = build_model(config, device)
     tied_keys = ("lm_head.weight",) if core.args.tie_embeddings else ()
-    resume_from = ckpt.latest_checkpoint(run_dir) if config.output.resume else None
+    resume_from = ckpt.resumable_checkpoint(run_dir, say) if config.output.resume else None
     state: dict = {}
     if resume_from is not None:
         state = ckpt.read_trainer_state(resume_from)

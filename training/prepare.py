@@ -1,17 +1,21 @@
 """`codellama-train prepare`: a team's repositories (and plain folders) -> a filtered text corpus.
 
 Every file meets the checks in order: git status (tracked only), vendored folder, secret
-file name, language, generated name, size, readable, binary, UTF-8, empty, generated
-header, minified/data, secret content, exact duplicate, near-duplicate. The first that
-fails is the reason it is skipped; the report counts reasons and the manifest lists every
-skipped path with what was found.
+file name, language, generated name, inside the repository (no symlink out of it, at any
+level of the path), size, readable, binary, UTF-8, empty, generated header,
+minified/data, secret content, exact duplicate, near-duplicate. The first that fails is
+the reason it is skipped; the report counts reasons and the manifest lists every skipped
+path with what was found (for secrets: which rule, on which line). With `--secrets
+redact` a file holding a credential is kept with the credential replaced by <REDACTED>.
 """
 
 from __future__ import annotations
 
 import argparse
 import hashlib
+import importlib.util
 import json
+import os
 import sys
 import time
 from collections import Counter
@@ -19,7 +23,18 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from training.dedup import NearDuplicateIndex, content_hash
-from training.filters import DEFAULT_LANGUAGES, LANGUAGES, FilterOptions, Skip, check_path, check_text, decode_source
+from training.filters import (
+    DEFAULT_LANGUAGES,
+    LANGUAGES,
+    SECRET_SCANNERS,
+    FilterOptions,
+    Skip,
+    check_path,
+    check_text,
+    decode_source,
+    secret_findings,
+)
+from training.secrets import redact
 from training.shards import MANIFEST, SPLITS, ShardWriter, write_manifest
 from training.sources import SourceError, SourceFile, folder_files, git_files
 
@@ -40,6 +55,10 @@ class PrepareOptions:
     """Share of documents held out for validation (chosen by content hash: stable across runs)."""
     shard_bytes: int = 64 * 2**20
     """Start a new shard file past this many bytes."""
+    secrets: str = "drop"
+    """A file holding a credential: "drop" it (the default) or "redact" the credential and keep the file."""
+    secret_scanner: str = "builtin"
+    """"builtin", "detect-secrets" (pip install detect-secrets) or "both"."""
 
 
 @dataclass
@@ -51,6 +70,27 @@ class PrepareReport:
     """Files (or ignored folders) per skip reason."""
     skipped_files: list[dict] = field(default_factory=list)
     files: list[dict] = field(default_factory=list)
+    redacted_files: list[dict] = field(default_factory=list)
+    """Files kept with credentials replaced: path and what was found."""
+
+
+def display_path(path: str) -> str:
+    """A path as text that any JSON or terminal takes: bytes that are not UTF-8 (git and the
+    file system allow them) shown as \\xNN escapes."""
+    return path.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+def read_inside(path: Path, root: Path) -> bytes:
+    """The file's bytes, refusing one that became a symlink, or moved outside root, since it was checked."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+    try:
+        real = Path(os.readlink(f"/proc/self/fd/{fd}")) if Path("/proc/self/fd").is_dir() else path.resolve()
+        if not real.is_relative_to(root.resolve()):
+            raise OSError(f"{display_path(str(path))} resolves outside the repository")
+        with os.fdopen(fd, "rb", closefd=False) as f:
+            return f.read()
+    finally:
+        os.close(fd)
 
 
 def held_out(sha256: str, fraction: float) -> bool:
@@ -98,11 +138,15 @@ def prepare_corpus(
             if path.is_symlink() or not path.is_file():
                 skip(source, Skip("not-a-file", "symlink" if path.is_symlink() else "submodule or special file"))
                 continue
+            if not path.resolve().is_relative_to(source.root.resolve()):
+                # A folder on the way replaced by a symlink: the file lives elsewhere.
+                skip(source, Skip("outside-repository", f"resolves to {display_path(str(path.resolve()))}"))
+                continue
             size = path.stat().st_size
             if size > options.filters.max_bytes:
                 skip(source, Skip("too-large", f"{size} bytes"))
                 continue
-            data = path.read_bytes()
+            data = read_inside(path, source.root)
         except OSError as e:
             skip(source, Skip("unreadable", e.strerror or str(e)))
             continue
@@ -111,6 +155,14 @@ def prepare_corpus(
         if why:
             skip(source, why)
             continue
+        found = secret_findings(text, options.secret_scanner, source.relpath)
+        if found:
+            detail = "; ".join(f"{f.rule} at line {f.line}" for f in found[:5])
+            if options.secrets != "redact":
+                skip(source, Skip("secret", detail))
+                continue
+            text = redact(text, found)
+            report.redacted_files.append({"path": source.display, "detail": detail})
         sha = content_hash(text)
         if sha in seen:
             skip(source, Skip("exact-duplicate", f"of {seen[sha]}"))
@@ -143,6 +195,7 @@ def prepare_corpus(
         "fingerprint": hashlib.sha256("".join(f["sha256"] for f in report.files).encode()).hexdigest()[:16],
         "files": report.files,
         "skipped_files": report.skipped_files,
+        "redacted_files": report.redacted_files,
     }
     write_manifest(out_dir, manifest)
     return report
@@ -178,6 +231,8 @@ def format_report(report: PrepareReport, out_dir: Path) -> str:
         f"skipped {sum(report.skipped.values())}:",
     ]
     lines += [f"  {reason:16} {count}" for reason, count in report.skipped.most_common()]
+    if report.redacted_files:
+        lines.append(f"kept {len(report.redacted_files)} files with credentials redacted (manifest: redacted_files)")
     return "\n".join(lines)
 
 
@@ -203,6 +258,18 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--near-threshold", type=float, default=PrepareOptions.near_threshold, help="MinHash Jaccard")
     p.add_argument("--no-near-dedup", action="store_true", help="drop exact duplicates only")
     p.add_argument("--valid-fraction", type=float, default=PrepareOptions.valid_fraction, help="held-out share")
+    p.add_argument(
+        "--secrets",
+        choices=["drop", "redact"],
+        default="drop",
+        help="a file holding a credential: drop it (default), or keep it with the credential replaced by <REDACTED>",
+    )
+    p.add_argument(
+        "--secret-scanner",
+        choices=SECRET_SCANNERS,
+        default="builtin",
+        help="built-in rules (default), detect-secrets (pip install detect-secrets), or both",
+    )
     p.add_argument("--list-skipped", action="store_true", help="print every skipped path with its reason")
     p.set_defaults(run=run)
 
@@ -223,7 +290,14 @@ def run(args: argparse.Namespace) -> int:
         near_duplicates=not args.no_near_dedup,
         near_threshold=args.near_threshold,
         valid_fraction=args.valid_fraction,
+        secrets=args.secrets,
+        secret_scanner=args.secret_scanner,
     )
+    if args.secret_scanner != "builtin" and importlib.util.find_spec("detect_secrets") is None:
+        print(
+            "prepare: --secret-scanner: detect-secrets is not installed (pip install detect-secrets)", file=sys.stderr
+        )
+        return 2
     try:
         report = prepare_corpus(args.repo, args.dir, args.out, options)
     except SourceError as e:
@@ -232,5 +306,7 @@ def run(args: argparse.Namespace) -> int:
     if args.list_skipped:
         for entry in report.skipped_files:
             print(f"skip {entry['reason']:16} {entry['path']}  {entry['detail']}")
+        for entry in report.redacted_files:
+            print(f"redacted             {entry['path']}  {entry['detail']}")
     print(format_report(report, args.out))
     return 0

@@ -37,7 +37,9 @@ class SourceFile:
 
     @property
     def display(self) -> str:
-        return f"{self.root.name}/{self.relpath}"
+        """root/relpath as printable text: a name with bytes that are not UTF-8 shows them as \\xNN."""
+        name = f"{self.root.name}/{self.relpath}"
+        return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
 def _git(repo: Path, *args: str) -> list[str]:

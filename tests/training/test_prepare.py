@@ -164,5 +164,5 @@ def test_near_duplicate_index_separates_similar_from_different():
 
 def test_secret_patterns_skip_placeholders():
     assert find_secret("password = 'your-password-here'") is None
-    assert find_secret("api_key = 'k8F2mQ9xL4vR7tZ1'") == "api_key literal"
+    assert find_secret("api_key = 'k8F2mQ9xL4vR7tZ1'") == "credential assignment (api_key) at line 1"
     assert find_secret("token = os.environ['TOKEN']") is None
