@@ -103,13 +103,11 @@ def check_resume_matches(saved: dict, config: FitConfig, checkpoint: Path) -> li
 
 
 def missing_dependencies(config: FitConfig) -> list[str]:
-    """What this run will need that is not installed, each with how to get it."""
+    """What this run will need that is not installed, each with how to get it. (QLoRA's
+    bitsandbytes and GPU are checked where the model is built, also before step 1.)"""
     wanted = {"matplotlib": "it draws RUN/loss.png at every checkpoint"}
-    if config.train.method == "qlora":
-        wanted["bitsandbytes"] = "QLoRA keeps the base weights in its nf4 format"
     return [
         f"{name} is not installed ({why}): pip install -e '.[train]'"
-        + (" and '.[cuda]'" if name == "bitsandbytes" else "")
         for name, why in wanted.items()
         if importlib.util.find_spec(name) is None
     ]
