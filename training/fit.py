@@ -102,7 +102,7 @@ def check_resume_matches(saved: dict, config: FitConfig, checkpoint: Path) -> li
     ]
 
 
-def missing_dependencies(config: FitConfig) -> list[str]:
+def missing_dependencies() -> list[str]:
     """What this run will need that is not installed, each with how to get it. (QLoRA's
     bitsandbytes and GPU are checked where the model is built, also before step 1.)"""
     wanted = {"matplotlib": "it draws RUN/loss.png at every checkpoint"}
@@ -125,7 +125,7 @@ def train(config: FitConfig, on_step: Callable[[int, dict], None] | None = None)
     run_dir = Path(config.output.dir)
     say = tqdm.write if topo.main else (lambda *_: None)
 
-    missing = missing_dependencies(config) if topo.main else []
+    missing = missing_dependencies() if topo.main else []
     if missing:  # found now, not after an hour of training at the first checkpoint
         raise TrainingError("; ".join(missing))
 
