@@ -11,6 +11,7 @@ import argparse
 import sys
 import time
 
+from engine.machine import describe_machine
 from lsp.loading import ModelSpec, load, model_path
 from lsp.settings import Settings
 
@@ -67,6 +68,7 @@ def run_check(args: argparse.Namespace, out=sys.stdout) -> int:
     engine = loaded.engine
     say("parameters", f"{loaded.parameters / 1e6:,.1f}M")
     say("device", device_description(loaded.device))
+    say("machine", describe_machine())
     say("dtype", loaded.dtype)
     say("quantization", loaded.quantization)
     say("load time", f"{loaded.load_s:.2f} s")
