@@ -41,6 +41,14 @@ async def completion(conn: RawConnection, uri: str) -> list[str]:
     return [item["insertText"] for item in response["result"]["items"]]
 
 
+async def wait_for_generating(conn: RawConnection, wanted: bool, problem: str) -> None:
+    for _ in range(300):
+        if (await conn.status())["generating"] == wanted:
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(problem)
+
+
 async def stdio_server(checkpoint: Path, options: dict | None = None) -> RawConnection:
     conn = await RawConnection.stdio(*server_command("--model", str(checkpoint)), stderr=True)
     await conn.initialize(options)
@@ -88,12 +96,7 @@ async def test_end_of_input_while_generating_is_a_clean_exit(looping_checkpoint,
     uri = f"file:///conn/eof_{attempt}.py"
     await open_function(conn, uri)
     pending = asyncio.ensure_future(conn.request("textDocument/inlineCompletion", inline_params(uri)))
-    for _ in range(200):
-        if (await conn.status())["generating"]:
-            break
-        await asyncio.sleep(0.01)
-    else:
-        raise AssertionError("the generation never started")
+    await wait_for_generating(conn, True, "the generation never started")
     conn.writer.close()
     assert await asyncio.wait_for(conn.process.wait(), 30) == 0
     pending.cancel()
@@ -138,20 +141,11 @@ async def test_a_disconnect_mid_request_stops_its_generation_and_nothing_else(tc
     await open_function(leaving, uri)
     pending = asyncio.ensure_future(leaving.request("textDocument/inlineCompletion", inline_params(uri)))
     watcher = await tcp_client(tcp)
-    for _ in range(300):
-        if (await watcher.status())["generating"]:
-            break
-        await asyncio.sleep(0.01)
-    else:
-        raise AssertionError("the generation never started")
+    await wait_for_generating(watcher, True, "the generation never started")
     leaving.writer.close()
     pending.cancel()
-    for _ in range(300):  # its generation is cancelled, not left to run for a minute
-        if not (await watcher.status())["generating"]:
-            break
-        await asyncio.sleep(0.01)
-    else:
-        raise AssertionError("the departed client's generation kept running")
+    # Its generation is cancelled, not left to run for a minute.
+    await wait_for_generating(watcher, False, "the departed client's generation kept running")
     mine = "file:///tcp/watcher.py"
     await open_function(watcher, mine)
     assert (await completion(watcher, mine))[0].startswith("    " + SCRIPT)
