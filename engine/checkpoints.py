@@ -366,7 +366,7 @@ def resolve_device(name: str = "auto") -> torch.device:
     return device
 
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 def resolve_dtype(name: str, device: torch.device, args: ModelArgs) -> torch.dtype:
@@ -376,9 +376,9 @@ def resolve_dtype(name: str, device: torch.device, args: ModelArgs) -> torch.dty
     fp32 wins wherever it fits. (Quantized layers compute in bf16 on CPU regardless.)
     """
     if name != "auto":
-        if name not in DTYPES:
-            raise ValueError(f"unknown dtype {name!r}: expected auto or one of {', '.join(DTYPES)}")
-        return DTYPES[name]
+        if name not in TORCH_DTYPES:
+            raise ValueError(f"unknown dtype {name!r}: expected auto or one of {', '.join(TORCH_DTYPES)}")
+        return TORCH_DTYPES[name]
     if device.type == "cuda":
         return torch.bfloat16
     layers = args.n_layers * (4 * args.dim * args.dim + 3 * args.dim * args.hidden_dim)

@@ -1,16 +1,16 @@
 """Generation as small functions: prefill, decode one token, sample.
 
-`generate_tokens` drives them for one prompt against one KV-cache slot and stops at
-<EOT> (Code Llama's end of infilling), at EOS, at a stop string, at a token limit, at a
-wall-clock budget, or when cancelled between two decode steps. The session in
-`engine.session` decides which part of the prompt needs prefilling at all.
+`TokenStream` drives them for one prompt against one KV-cache slot, as an iterator of
+tokens that ends at <EOT> (Code Llama's end of infilling) or EOS; its caller stops it for
+every other reason by no longer iterating. The session in `engine.session` decides which
+part of the prompt needs prefilling at all, and owns the deadline.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 
 import torch
 
@@ -51,6 +51,8 @@ class GenerationStats:
     prefill_s: float = 0.0
     decode_s: float = 0.0
     stop_reason: str = ""
+    """eot, eos, max_tokens, time_budget, stop_string, post_process (the caller had enough),
+    cancelled, cache_full."""
     slot: int = 0
 
     @property
@@ -60,15 +62,6 @@ class GenerationStats:
     @property
     def decode_tokens_per_s(self) -> float:
         return self.generated_tokens / self.decode_s if self.decode_s > 0 else 0.0
-
-
-@dataclass
-class Generation:
-    tokens: list[int] = field(default_factory=list)
-    """Generated token ids (without <EOT>)."""
-    fed: list[int] = field(default_factory=list)
-    """Generated tokens whose keys/values were written into the cache."""
-    stats: GenerationStats = field(default_factory=GenerationStats)
 
 
 def sample(logits: torch.Tensor, temperature: float, top_p: float, generator: torch.Generator | None) -> int:
@@ -128,7 +121,8 @@ class HealingConstraint:
     def __init__(self, tok: Tokenizer, text: str) -> None:
         self.tok = tok
         self.remaining = text.encode("utf-8")
-        self.banned = {t for t in (tok.prefix_id, tok.suffix_id, tok.middle_id, tok.eot_id) if t is not None}
+        special = (tok.prefix_id, tok.suffix_id, tok.middle_id, tok.eot_id, tok.sp.unk_id())
+        self.banned = {t for t in special if t is not None}
 
     @property
     def active(self) -> bool:
@@ -157,75 +151,61 @@ class HealingConstraint:
         self.remaining = self.remaining[len(data) :] if self.remaining.startswith(data) else b""
 
 
-def generate_tokens(
-    model: Transformer,
-    tok: Tokenizer,
-    prompt: list[int],
-    start_pos: int,
-    cache: KVCache,
-    slot: int,
-    params: SamplingParams,
-    healing: str = "",
-    cancelled: Callable[[], bool] = lambda: False,
-    on_tokens: Callable[[list[int]], bool] | None = None,
-    started: float | None = None,
-) -> Generation:
-    """Prefill prompt[start_pos:] (the cache already holds prompt[:start_pos]) and decode.
+class TokenStream:
+    """Generation against one KV-cache slot: prefill, then sample and feed back one token at a time.
 
-    `on_tokens(generated)` is called after each token; returning True stops generation
-    (the caller found a stop string). `started` is when the request began (perf_counter),
-    for the time budget.
+    Iterating yields generated tokens until <EOT> or EOS (stop_reason "eot" / "eos") or a
+    full cache ("cache_full"); every other reason to stop (a token limit, a deadline, a
+    stop string, a cancelled request, post-processing) is the caller's, who just stops
+    iterating. `fed` counts the generated tokens whose keys/values are in the cache: all
+    but the last one yielded, until the next step feeds it.
     """
-    started = time.perf_counter() if started is None else started
-    gen = Generation()
-    stats = gen.stats
-    stats.prompt_tokens, stats.reused_tokens, stats.slot = len(prompt), start_pos, slot
-    generator = None
-    if params.temperature > 0:
-        generator = torch.Generator(device=cache.keys[0].device)
-        generator.manual_seed(params.seed if params.seed is not None else int(time.time_ns() % 2**63))
 
-    t0 = time.perf_counter()
-    logits, stats.prefilled_tokens = prefill(model, prompt[start_pos:], start_pos, cache, slot, cancelled)
-    stats.prefill_s = time.perf_counter() - t0
-    if logits is None:
-        stats.stop_reason = "cancelled"
-        return gen
+    def __init__(
+        self, model: Transformer, tok: Tokenizer, cache: KVCache, slot: int, params: SamplingParams, healing: str = ""
+    ) -> None:
+        self.model, self.tok, self.cache, self.slot, self.params = model, tok, cache, slot, params
+        self.constraint = HealingConstraint(tok, healing) if healing else None
+        self.tokens: list[int] = []
+        self.fed = 0
+        self.stop_reason = ""
+        self._logits: torch.Tensor | None = None
+        self._pos = 0
+        self._stop_ids = {t for t in (tok.eot_id, tok.eos_id) if t is not None and t >= 0}
+        self._generator = None
+        if params.temperature > 0:
+            self._generator = torch.Generator(device=cache.keys[0].device)
+            self._generator.manual_seed(params.seed if params.seed is not None else int(time.time_ns() % 2**63))
 
-    t0 = time.perf_counter()
-    constraint = HealingConstraint(tok, healing) if healing else None
-    pos = len(prompt)
-    stop_ids = {t for t in (tok.eot_id, tok.eos_id) if t is not None and t >= 0}
-    while True:
-        # A model may have more rows than its tokenizer has pieces (padding): never pick those.
-        logits = logits[: tok.vocab_size]
-        if constraint is not None and constraint.active:
-            logits = constraint.mask(logits)
-        token = sample(logits, params.temperature, params.top_p, generator)
-        if token in stop_ids:
-            stats.stop_reason = "eot" if token == tok.eot_id else "eos"
-            break
-        gen.tokens.append(token)
-        if constraint is not None:
-            constraint.advance(token)
-        if on_tokens is not None and on_tokens(gen.tokens):
-            stats.stop_reason = "stop_string"
-            break
-        if len(gen.tokens) >= params.max_new_tokens:
-            stats.stop_reason = "max_tokens"
-            break
-        if params.time_budget_s is not None and time.perf_counter() - started >= params.time_budget_s:
-            stats.stop_reason = "time_budget"
-            break
-        if cancelled():
-            stats.stop_reason = "cancelled"
-            break
-        if pos >= cache.max_seq_len:
-            stats.stop_reason = "cache_full"
-            break
-        logits = decode_one_token(model, token, pos, cache, slot)
-        gen.fed.append(token)
-        pos += 1
-    stats.generated_tokens = len(gen.tokens)
-    stats.decode_s = time.perf_counter() - t0
-    return gen
+    def prefill(self, tokens: list[int], start_pos: int, stopped: Callable[[], bool] = lambda: False) -> int:
+        """Run tokens (the prompt after what the cache already holds at start_pos) into the cache.
+
+        Returns how many were written; fewer than len(tokens) when `stopped()` turned true
+        between two chunks (those written stay valid in the cache)."""
+        self._logits, written = prefill(self.model, tokens, start_pos, self.cache, self.slot, stopped)
+        self._pos = start_pos + written
+        return written
+
+    def __iter__(self) -> Iterator[int]:
+        if self._logits is None:
+            return
+        logits = self._logits
+        while True:
+            # A model may have more rows than its tokenizer has pieces (padding): never pick those.
+            logits = logits[: self.tok.vocab_size]
+            if self.constraint is not None and self.constraint.active:
+                logits = self.constraint.mask(logits)
+            token = sample(logits, self.params.temperature, self.params.top_p, self._generator)
+            if token in self._stop_ids:
+                self.stop_reason = "eot" if token == self.tok.eot_id else "eos"
+                return
+            self.tokens.append(token)
+            if self.constraint is not None:
+                self.constraint.advance(token)
+            yield token
+            if self._pos >= self.cache.max_seq_len:
+                self.stop_reason = "cache_full"
+                return
+            logits = decode_one_token(self.model, token, self._pos, self.cache, self.slot)
+            self.fed += 1
+            self._pos += 1

@@ -12,12 +12,11 @@ is trained on precisely the layout it is prompted with.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
 
+from engine.options import INFILL_FORMATS, InfillFormat
 from engine.tokenizer import Tokenizer
 
-InfillFormat = Literal["psm", "spm"]
-INFILL_FORMATS: tuple[InfillFormat, ...] = ("psm", "spm")
+__all__ = ["INFILL_FORMATS", "InfillFormat", "InfillPrompt", "build_infill_prompt"]
 
 
 def psm_tokens(tok: Tokenizer, prefix: str, suffix: str) -> list[int]:

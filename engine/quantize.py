@@ -20,9 +20,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-QUANTIZATIONS = ("none", "int8", "int4", "nf4", "bnb-int8")
-TORCH_QUANTIZATIONS = ("int8", "int4")
-BNB_QUANTIZATIONS = ("nf4", "bnb-int8")
+from engine.options import BNB_QUANTIZATIONS, QUANTIZATIONS, TORCH_QUANTIZATIONS
+
+__all__ = ["BNB_QUANTIZATIONS", "QUANTIZATIONS", "TORCH_QUANTIZATIONS"]
 INT4_GROUPSIZE = 128
 INT4_INNER_K_TILES = 8
 

@@ -10,12 +10,14 @@ slot sharing the longest prefix is used, or the least recently used one.
 
 from __future__ import annotations
 
+import math
 import threading
 import time
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Iterator
 from dataclasses import dataclass
 
-from engine.generate import GenerationStats, SamplingParams, generate_tokens
+from engine.generate import GenerationStats, SamplingParams, TokenStream
+from engine.middle_text import MiddleText
 from engine.model import KVCache, Transformer
 from engine.prompts import InfillFormat, InfillPrompt, build_infill_prompt
 from engine.tokenizer import Tokenizer
@@ -43,47 +45,123 @@ def common_prefix_length(a: list[int], b: list[int]) -> int:
     return n
 
 
-class CompletionText:
-    """Turns the growing list of generated tokens into text: heals, stops, streams."""
+class Stream:
+    """One completion being generated, as an iterator of text pieces (one per generated token,
+    "" while nothing new can be shown yet).
 
-    def __init__(self, tok: Tokenizer, healing: str, stop: tuple[str, ...], on_text: Callable[[str], None] | None):
-        self.tok, self.healing, self.stop, self.on_text = tok, healing, tuple(s for s in stop if s), on_text
-        self.text = ""
-        self.emitted = 0
+    The engine stops at <EOT>, at the token limit, at the deadline (`started` +
+    `params.time_budget_s`, the one deadline of the request), at a stop string, and when
+    `cancel()` turns true (also between prefill chunks). A caller that has enough calls
+    `stop("post_process")` (or any reason) and breaks out; leaving the `with` block ends the
+    generation and records what the KV-cache slot now holds. Use it only as a context
+    manager: it holds the engine for its whole life.
+    """
 
-    def update(self, tokens: list[int]) -> bool:
-        """Decode tokens; return True when a stop string has appeared."""
-        text = self.tok.decode_infilling(tokens)
-        if len(text) < len(self.healing):
-            return False
-        text = text[len(self.healing) :]
-        hits = [i for i in (text.find(s) for s in self.stop) if i >= 0]
-        stopped = bool(hits)
-        self.text = text[: min(hits)] if hits else text
-        self._emit(final=stopped)
-        return stopped
+    def __init__(
+        self,
+        engine: InfillEngine,
+        prompt: InfillPrompt,
+        params: SamplingParams,
+        session: Hashable | None,
+        cancel: Callable[[], bool],
+        started: float,
+    ) -> None:
+        self.engine, self.prompt, self.params, self.session, self.cancel = engine, prompt, params, session, cancel
+        self.started = started
+        self.deadline = started + params.time_budget_s if params.time_budget_s is not None else math.inf
+        self.middle = MiddleText(engine.tokenizer, prompt.healing, params.stop)
+        self.stats = GenerationStats(prompt_tokens=len(prompt.tokens))
+        self._asked: str | None = None
+        self._tokens: TokenStream | None = None
+        self._slot = 0
+        self._reuse = 0
+        self._closed = False
 
-    def _emit(self, final: bool) -> None:
-        if self.on_text is None:
+    @property
+    def text(self) -> str:
+        """The middle so far (healing removed, cut at a stop string)."""
+        return self.middle.text
+
+    def stop(self, reason: str) -> None:
+        """End the generation at the next step (or now, when the caller breaks out): e.g. "post_process"."""
+        self._asked = self._asked or reason
+
+    def __enter__(self) -> Stream:
+        tokens = self.prompt.tokens
+        if len(tokens) >= self.engine.max_seq_len:
+            raise PromptTooLong(
+                f"the prompt has {len(tokens)} tokens but the KV cache holds {self.engine.max_seq_len}: "
+                "lower the prompt budget or raise max_seq_len"
+            )
+        self.engine._lock.acquire()
+        try:
+            self._slot, self._reuse = self.engine._pick_slot(tokens, self.session)
+            # Forget the slot first: if anything below fails, its contents are unknown.
+            self.engine.slot_tokens[self._slot] = tokens[: self._reuse]
+            self._tokens = TokenStream(
+                self.engine.model,
+                self.engine.tokenizer,
+                self.engine.cache,
+                self._slot,
+                self.params,
+                self.prompt.healing,
+            )
+        except BaseException:
+            self.engine._lock.release()
+            raise
+        self.stats.reused_tokens, self.stats.slot = self._reuse, self._slot
+        return self
+
+    def __iter__(self) -> Iterator[str]:
+        assert self._tokens is not None, "use `with engine.stream(...) as stream:`"
+        t0 = time.perf_counter()
+        should_stop = lambda: self.cancel() or time.perf_counter() >= self.deadline  # noqa: E731
+        self.stats.prefilled_tokens = self._tokens.prefill(self.prompt.tokens[self._reuse :], self._reuse, should_stop)
+        self.stats.prefill_s = time.perf_counter() - t0
+        if self._reuse + self.stats.prefilled_tokens < len(self.prompt.tokens):
+            self._asked = "cancelled" if self.cancel() else "time_budget"
             return
-        end = len(self.text)
-        if not final:
-            # Hold back an incomplete UTF-8 character and anything that may begin a stop string.
-            end = len(self.text.rstrip("\ufffd"))
-            for s in self.stop:
-                for k in range(min(len(s) - 1, end), 0, -1):
-                    if self.text[:end].endswith(s[:k]):
-                        end -= k
-                        break
-        if end > self.emitted:
-            self.on_text(self.text[self.emitted : end])
-            self.emitted = end
+        t0 = time.perf_counter()
+        try:
+            for token in self._tokens:
+                piece = self.middle.add(token)
+                if self.middle.stopped:
+                    self._asked = "stop_string"
+                yield piece
+                if self._asked:
+                    return
+                if len(self._tokens.tokens) >= self.params.max_new_tokens:
+                    self._asked = "max_tokens"
+                elif time.perf_counter() >= self.deadline:
+                    self._asked = "time_budget"
+                elif self.cancel():
+                    self._asked = "cancelled"
+                if self._asked:
+                    return
+        finally:
+            self.stats.decode_s = time.perf_counter() - t0
 
-    def finish(self) -> str:
-        # Generation can stop inside a multi-byte character: drop the incomplete end.
-        self.text = self.text.rstrip("\ufffd")
-        self._emit(final=True)
-        return self.text
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Record what the slot holds, fill in the stats, release the engine (idempotent)."""
+        if self._closed or self._tokens is None:
+            return
+        self._closed = True
+        tokens, gen = self.prompt.tokens, self._tokens
+        try:
+            if self._reuse + self.stats.prefilled_tokens == len(tokens):
+                self.engine.slot_tokens[self._slot] = tokens + gen.tokens[: gen.fed]
+            else:  # stopped during prefill: what was written is still good
+                self.engine.slot_tokens[self._slot] = tokens[: self._reuse + self.stats.prefilled_tokens]
+            self.stats.generated_tokens = len(gen.tokens)
+            self.stats.stop_reason = gen.stop_reason or self._asked or "cancelled"
+        finally:
+            self.engine._lock.release()
+
+    def result(self) -> Completion:
+        return Completion(self.middle.text, self.stats)
 
 
 class InfillEngine:
@@ -125,7 +203,8 @@ class InfillEngine:
         on_text: Callable[[str], None] | None = None,
         session: Hashable | None = None,
     ) -> Completion:
-        """Generate the middle between prefix and suffix (session: an opaque key, e.g. one document of one editor)."""
+        """Generate the middle between prefix and suffix, to the end (session: an opaque key,
+        e.g. one document of one editor, that keeps its KV-cache slot)."""
         prompt = build_infill_prompt(self.tokenizer, prefix, suffix, fmt, token_healing)
         return self.generate(prompt, params, cancel, on_text, session)
 
@@ -137,39 +216,29 @@ class InfillEngine:
         on_text: Callable[[str], None] | None = None,
         session: Hashable | None = None,
     ) -> Completion:
-        started = time.perf_counter()
-        params = params or SamplingParams()
-        tokens = prompt.tokens
-        if len(tokens) >= self.max_seq_len:
-            raise PromptTooLong(
-                f"the prompt has {len(tokens)} tokens but the KV cache holds {self.max_seq_len}: "
-                "lower the prompt budget or raise max_seq_len"
-            )
+        """The whole completion of a prompt (`stream` gives it piece by piece)."""
+        with self.stream(prompt, params, session=session, cancel=cancel) as stream:
+            for piece in stream:
+                if piece and on_text is not None:
+                    on_text(piece)
+        last = stream.middle.finish()
+        if last and on_text is not None:
+            on_text(last)
+        return stream.result()
+
+    def stream(
+        self,
+        prompt: InfillPrompt,
+        params: SamplingParams | None = None,
+        *,
+        session: Hashable | None = None,
+        cancel: Cancel = None,
+        started: float | None = None,
+    ) -> Stream:
+        """Generation as an iterator of text pieces; see Stream. `started` (perf_counter) is when
+        the request began: the time budget counts from there."""
         cancelled = cancel.is_set if isinstance(cancel, threading.Event) else (cancel or (lambda: False))
-        text = CompletionText(self.tokenizer, prompt.healing, params.stop, on_text)
-        with self._lock:
-            slot, reuse = self._pick_slot(tokens, session)
-            # Forget the slot first: if anything below fails, its contents are unknown.
-            self.slot_tokens[slot] = tokens[:reuse]
-            gen = generate_tokens(
-                self.model,
-                self.tokenizer,
-                tokens,
-                reuse,
-                self.cache,
-                slot,
-                params,
-                prompt.healing,
-                cancelled,
-                text.update,
-                started,
-            )
-            prefilled = gen.stats.prefilled_tokens
-            if reuse + prefilled == len(tokens):
-                self.slot_tokens[slot] = tokens + gen.fed
-            else:  # cancelled during prefill: what was written is still good
-                self.slot_tokens[slot] = tokens[: reuse + prefilled]
-        return Completion(text.finish(), gen.stats)
+        return Stream(self, prompt, params or SamplingParams(), session, cancelled, started or time.perf_counter())
 
     def _pick_slot(self, tokens: list[int], session: Hashable | None) -> tuple[int, int]:
         """(slot, tokens to reuse)."""

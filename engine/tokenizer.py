@@ -105,8 +105,10 @@ class Tokenizer:
         for token in range(self.vocab_size):
             if self.sp.is_byte(token):
                 table.append(bytes([int(self.sp.id_to_piece(token)[3:5], 16)]))
-            elif self.sp.is_control(token) or self.sp.is_unknown(token):
+            elif self.sp.is_control(token):
                 table.append(b"")
+            elif self.sp.is_unknown(token):
+                table.append(self.decode_infilling([token]).encode("utf-8"))  # " ⁇ ", as SentencePiece shows it
             else:
                 table.append(self.sp.id_to_piece(token).replace("▁", " ").encode("utf-8"))
         return table

@@ -11,13 +11,11 @@ import argparse
 import logging
 import sys
 import time
-import typing
 from pathlib import Path
 
-from lsp.settings import Device, PromptFormat, Quantization, Settings
+from engine.options import DTYPES, INFILL_FORMATS, SAVED_QUANTIZATIONS, add_model_arguments
+from lsp.settings import Settings
 
-QUANTIZATIONS = typing.get_args(Quantization)
-INFILL_FORMATS = typing.get_args(PromptFormat)
 DEFAULT_PORT = 2087
 
 
@@ -32,12 +30,7 @@ def user_errors() -> tuple[type[Exception], ...]:
 
 
 def add_engine_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--model", help="checkpoint folder (Hugging Face, Meta or codellama-lsp); default: the shipped model"
-    )
-    parser.add_argument("--device", default="auto", choices=typing.get_args(Device))
-    parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
-    parser.add_argument("--quantize", default="none", choices=QUANTIZATIONS)
+    add_model_arguments(parser)
     parser.add_argument(
         "--threads", type=int, help="CPU threads for torch (server and check: default one CPU less than torch's choice)"
     )
@@ -198,8 +191,8 @@ def build_parser() -> argparse.ArgumentParser:
     convert = commands.add_parser("convert", help="save any checkpoint in codellama-lsp format, optionally quantized")
     convert.add_argument("--model", help="checkpoint folder; default: the shipped model")
     convert.add_argument("--out", required=True, help="output folder")
-    convert.add_argument("--quantize", default="none", choices=["none", "int8", "int4"])
-    convert.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
+    convert.add_argument("--quantize", default="none", choices=SAVED_QUANTIZATIONS)
+    convert.add_argument("--dtype", default="auto", choices=DTYPES)
     convert.set_defaults(run=run_convert)
     return parser
 

@@ -3,6 +3,8 @@
 Clients send one object (PROTOCOL.md) as `initializationOptions` and as the `codellama`
 section of `workspace/didChangeConfiguration`. `parse_settings` never raises: an unknown
 key or a bad value becomes a problem message (shown to the user) and the default is kept.
+Choices, defaults and bounds come from engine/options.py (torch-free, like this module:
+the server answers `initialize` before torch is loaded).
 """
 
 from __future__ import annotations
@@ -12,44 +14,20 @@ import math
 import re
 import types
 import typing
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal
 
-# Mirrors engine.quantize.QUANTIZATIONS (a test checks they agree). Importing the engine
-# here would import torch, and the server answers `initialize` before torch is loaded.
-Quantization = Literal["none", "int8", "int4", "nf4", "bnb-int8"]
-Device = Literal["auto", "cpu", "cuda"]
-Multiline = Literal["auto", "always", "never"]
-PromptFormat = Literal["spm", "psm"]
+from engine.options import CompletionSettings, Device, PromptSettings, Quantization
 
+__all__ = ["PromptSettings", "Settings", "parse_settings", "to_json", "with_overrides"]
 
 UNION_TYPES = (typing.Union, types.UnionType)
 
 
-def bounded(default: Any, low: float, high: float) -> Any:
-    """A numeric field that must lie in [low, high]."""
-    return field(default=default, metadata={"range": (low, high)})
-
-
 @dataclass
-class PromptSettings:
-    """How much of the documents goes into the prompt (token budgets; latency grows with them)."""
-
-    prefix_tokens: int = bounded(1024, 16, 16384)
-    """Tokens of the current document before the cursor, at most."""
-    suffix_tokens: int = bounded(320, 0, 16384)
-    """Tokens of the current document after the cursor, at most (about 1/3 of the prefix)."""
-    context_files: int = bounded(3, 0, 32)
-    """Other open documents to take snippets from, most recently used first; 0 turns context off."""
-    context_tokens: int = bounded(512, 0, 16384)
-    """Tokens for all snippets of other documents together."""
-    format: PromptFormat = "spm"
-    """Infilling layout: "spm" (suffix first, best KV-cache reuse, with token healing) or "psm"."""
-
-
-@dataclass
-class Settings:
-    """Everything a client can configure (PROTOCOL.md lists the keys in camelCase)."""
+class Settings(CompletionSettings):
+    """Everything a client can configure (PROTOCOL.md lists the keys in camelCase): what the
+    server loads, and (inherited) what one completion may be."""
 
     enable: bool = True
     """Serve completions at all."""
@@ -59,18 +37,6 @@ class Settings:
     """Where the model runs: "auto" picks CUDA when available."""
     quantize: Quantization = "none"
     """Weight quantization applied at load time."""
-    max_tokens: int = bounded(128, 1, 2048)
-    """Tokens generated per completion at most."""
-    temperature: float = bounded(0.0, 0.0, 2.0)
-    """Sampling temperature; 0 is greedy (deterministic)."""
-    multiline: Multiline = "auto"
-    """"auto": one line when text follows the cursor on its line, several after a block opener."""
-    max_lines: int = bounded(16, 1, 500)
-    """Lines of a multi-line completion at most."""
-    time_budget_ms: int = bounded(2000, 10, 120_000)
-    """Generation stops after this long (the completion so far is still shown)."""
-    prompt: PromptSettings = field(default_factory=PromptSettings)
-    """Prompt budgets and layout."""
 
 
 def camel_to_snake(name: str) -> str:

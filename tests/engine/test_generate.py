@@ -7,8 +7,9 @@ import threading
 import pytest
 import torch
 
-from engine.generate import SamplingParams, generate_tokens, sample
+from engine.generate import SamplingParams, TokenStream, sample
 from engine.model import KVCache, Transformer
+from engine.prompts import build_infill_prompt
 from engine.session import InfillEngine
 from tests.fixtures import random_model, tiny_args
 
@@ -110,8 +111,9 @@ def test_generation_stops_when_the_cache_is_full(tokenizer):
     model = random_model(tiny_args())
     prompt = [tokenizer.bos_id, *tokenizer.encode("x = 1")]
     cache = KVCache(model.args, max_seq_len=len(prompt) + 4)
-    gen = generate_tokens(model, tokenizer, prompt, 0, cache, 0, SamplingParams(max_new_tokens=50))
-    assert gen.stats.stop_reason == "cache_full" and gen.stats.generated_tokens == 5
+    stream = TokenStream(model, tokenizer, cache, 0, SamplingParams(max_new_tokens=50))
+    assert stream.prefill(prompt, 0) == len(prompt)
+    assert len(list(stream)) == 5 and stream.stop_reason == "cache_full" and stream.fed == 4
 
 
 def test_prompt_longer_than_the_cache_is_a_clear_error(tokenizer):
@@ -140,3 +142,33 @@ def test_ids_past_the_tokenizer_are_never_sampled(tokenizer):
         result = engine.complete("x = ", "\n", params=SamplingParams(max_new_tokens=8, temperature=temperature, seed=1))
         assert result.stats.generated_tokens == 8
         assert tokenizer.decode_infilling(tokenizer.encode_infilling(result.text)) == result.text
+
+
+def test_a_stream_stopped_by_its_caller_says_why_and_keeps_the_cache(tokenizer):
+    model = random_model(tiny_args())
+    engine, cold = engine_for(model, tokenizer), engine_for(model, tokenizer)
+    prompt = build_infill_prompt(tokenizer, "def f(x):\n    return ", "\n")
+    params = SamplingParams(max_new_tokens=40)
+    with engine.stream(prompt, params, session="doc") as stream:
+        pieces = []
+        for piece in stream:
+            pieces.append(piece)
+            if len(pieces) == 5:
+                stream.stop("post_process")
+                break
+    assert stream.stats.stop_reason == "post_process" and stream.stats.generated_tokens == 5
+    assert engine.slot_tokens[stream.stats.slot] == prompt.tokens + stream._tokens.tokens[:4]  # the 5th was not fed
+    whole = cold.generate(prompt, params)
+    assert whole.text.startswith("".join(pieces))
+    again = engine.generate(prompt, params, session="doc")  # greedy: the same as cold, after reuse
+    assert again.text == whole.text and again.stats.reused_tokens == len(prompt.tokens) - 1
+
+
+def test_breaking_out_without_a_reason_counts_as_cancelled(tokenizer):
+    engine = engine_for(random_model(tiny_args()), tokenizer)
+    prompt = build_infill_prompt(tokenizer, "a = ", "")
+    with engine.stream(prompt, SamplingParams(max_new_tokens=40)) as stream:
+        for _ in stream:
+            break
+    assert stream.stats.stop_reason == "cancelled" and stream.stats.generated_tokens == 1
+    assert engine.generate(prompt, SamplingParams(max_new_tokens=3)).stats.generated_tokens == 3  # engine free again

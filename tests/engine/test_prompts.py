@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import shutil
 
 import pytest
@@ -9,7 +10,7 @@ import sentencepiece as spm
 import torch
 from transformers import CodeLlamaTokenizer
 
-from engine.generate import SamplingParams, generate_tokens
+from engine.generate import SamplingParams, TokenStream
 from engine.model import KVCache
 from engine.prompts import build_infill_prompt, infilling_prompt_tokens
 from engine.tokenizer import Tokenizer, TokenizerError
@@ -114,8 +115,9 @@ def test_healing_generation_reproduces_the_typed_characters(tokenizer, temperatu
     for i, prefix in enumerate(healed_prefixes(tokenizer)[:8]):
         prompt = build_infill_prompt(tokenizer, prefix, "\n", "spm")
         params = SamplingParams(max_new_tokens=12, temperature=temperature, seed=i)
-        gen = generate_tokens(model, tokenizer, prompt.tokens, 0, cache, 0, params, prompt.healing)
-        text = tokenizer.decode_infilling(gen.tokens)
+        stream = TokenStream(model, tokenizer, cache, 0, params, prompt.healing)
+        stream.prefill(prompt.tokens, 0)
+        text = tokenizer.decode_infilling(list(itertools.islice(stream, params.max_new_tokens)))
         assert text.startswith(prompt.healing), (prefix, prompt.healing, text)
 
 

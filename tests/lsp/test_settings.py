@@ -4,12 +4,11 @@ import typing
 
 import pytest
 
+from engine.options import InfillFormat, Quantization
 from engine.prompts import INFILL_FORMATS
 from engine.quantize import QUANTIZATIONS
 from lsp.settings import (
-    PromptFormat,
     PromptSettings,
-    Quantization,
     Settings,
     camel_to_snake,
     parse_settings,
@@ -20,9 +19,9 @@ from lsp.settings import (
 
 
 def test_choices_match_the_engine():
-    # settings.py cannot import the engine (torch) at start-up, so it repeats these lists.
+    # One list each (engine/options.py), which the settings, the engine and the CLI all use.
     assert set(typing.get_args(Quantization)) == set(QUANTIZATIONS)
-    assert set(typing.get_args(PromptFormat)) == set(INFILL_FORMATS)
+    assert set(typing.get_args(InfillFormat)) == set(INFILL_FORMATS)
 
 
 def test_protocol_keys_parse_in_camel_case():

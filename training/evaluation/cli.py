@@ -12,7 +12,8 @@ from tqdm import tqdm
 
 from engine.checkpoints import CheckpointError, load_model
 from engine.defaults import default_model_path
-from engine.quantize import QUANTIZATIONS, QuantizationError
+from engine.options import add_model_arguments
+from engine.quantize import QuantizationError
 from engine.session import InfillEngine
 from engine.tokenizer import TokenizerError
 from training.evaluation.completers import (
@@ -61,9 +62,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--model", help="checkpoint folder (Hugging Face, Meta or codellama-lsp); default: the shipped model"
     )
     source.add_argument("--baseline", choices=sorted(BASELINES), help="score a model-free baseline instead")
-    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
-    parser.add_argument("--quantize", default="none", choices=QUANTIZATIONS)
+    add_model_arguments(parser, model=False)
     parser.add_argument(
         "--tasks",
         type=comma_list(TASKS),
