@@ -55,24 +55,37 @@ class InfillPrompt:
 def build_infill_prompt(
     tok: Tokenizer, prefix: str, suffix: str, fmt: InfillFormat = "spm", token_healing: bool = True
 ) -> InfillPrompt:
-    """The prompt for one cursor position.
+    """The prompt for one cursor position, from its text."""
+    return infill_prompt(tok, prefix, tok.encode(prefix), tok.encode_infilling(suffix), fmt, token_healing)
+
+
+def infill_prompt(
+    tok: Tokenizer,
+    prefix: str,
+    prefix_ids: list[int],
+    suffix_ids: list[int],
+    fmt: InfillFormat = "spm",
+    token_healing: bool = True,
+) -> InfillPrompt:
+    """The prompt from the halves already tokenized: prefix_ids = encode(prefix), suffix_ids =
+    encode_infilling(suffix) (engine.context builds them a part at a time).
 
     SPM ends with the prefix, so a prefix that stops inside a token ("enu" of "enumerate")
     would leave the model continuing from an unusual token (paper, Appendix E). Token
     healing backs the prompt up by the prefix's last token and lets generation re-create
     those characters with whatever tokenization the model prefers.
     """
+    tok.require_infilling()
     if fmt == "psm":
-        return InfillPrompt(psm_tokens(tok, prefix, suffix))
+        return InfillPrompt([tok.bos_id, tok.prefix_id, *prefix_ids, tok.suffix_id, *suffix_ids, tok.middle_id])
     if fmt != "spm":
         raise ValueError(f"unknown infilling format {fmt!r}: expected one of {INFILL_FORMATS}")
-    header = spm_header_tokens(tok, suffix)
-    prefix_tokens = tok.encode(prefix)
+    header = [tok.bos_id, tok.prefix_id, tok.suffix_id, *suffix_ids, tok.middle_id]
     # Keep at least one prefix token: the first carries SentencePiece's leading space,
     # which the completion's own text does not start with.
-    if token_healing and len(prefix_tokens) >= 2:
-        kept = prefix_tokens[:-1]
+    if token_healing and len(prefix_ids) >= 2:
+        kept = prefix_ids[:-1]
         kept_text = tok.decode(kept)
         if prefix.startswith(kept_text) and len(kept_text) < len(prefix):
             return InfillPrompt(header + kept, healing=prefix[len(kept_text) :])
-    return InfillPrompt(header + prefix_tokens)
+    return InfillPrompt(header + prefix_ids)

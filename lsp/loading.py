@@ -19,8 +19,9 @@ if TYPE_CHECKING:
 
 CACHE_SLOTS = 2
 """Sequences kept in the KV cache: two files stay warm while the user switches between them."""
-PROMPT_MARGIN = 16
-"""Special tokens of the infilling layout, plus slack for the tokenizer's estimate."""
+from engine.pipeline import PROMPT_MARGIN, prompt_budget_problem, usable_lengths  # noqa: E402
+
+__all__ = ["prompt_budget_problem", "usable_lengths"]
 
 
 @dataclass(frozen=True)
@@ -71,28 +72,6 @@ def cache_length(spec: ModelSpec, args) -> int:
     """KV-cache positions: what the settings ask for, but never past what the model was trained
     on (positions past it are out of its distribution, and memory grows with them)."""
     return max(64, min(spec.max_seq_len, args.max_seq_len))
-
-
-def usable_lengths(settings: Settings, engine: InfillEngine) -> tuple[int, int]:
-    """(tokens to generate, prompt tokens) that fit both the model's trained length and the KV cache."""
-    usable = min(engine.model.args.max_seq_len, engine.max_seq_len)
-    new_tokens = min(settings.max_tokens, usable // 2)
-    return new_tokens, max(0, usable - new_tokens - PROMPT_MARGIN)
-
-
-def prompt_budget_problem(settings: Settings, engine: InfillEngine) -> str | None:
-    """What the settings ask for beyond what the model can use (they are scaled down), or None."""
-    p = settings.prompt
-    asked = p.prefix_tokens + p.suffix_tokens + p.context_tokens
-    new_tokens, prompt_tokens = usable_lengths(settings, engine)
-    if asked <= prompt_tokens and new_tokens == settings.max_tokens:
-        return None
-    trained = engine.model.args.max_seq_len
-    return (
-        f"prompt.prefixTokens + suffixTokens + contextTokens = {asked:,} and maxTokens = {settings.max_tokens:,} "
-        f"ask for more than this model can use: it was trained on {trained:,} positions; completions use "
-        f"{prompt_tokens:,} prompt tokens (the three budgets scaled down together) and at most {new_tokens:,} new ones"
-    )
 
 
 def default_threads() -> int:

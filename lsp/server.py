@@ -31,12 +31,13 @@ from pygls.exceptions import FeatureRequestError, JsonRpcInvalidParams
 from pygls.lsp.server import LanguageServer
 from pygls.uris import to_fs_path
 
+from engine.context import ContextSource
+from engine.pipeline import Snapshot
+from engine.postprocess import trim_auto_closed
 from lsp.completer import CompletionOutcome, CompletionTask
 from lsp.documents import UTF16, Cursor, Document, DocumentStore, DocumentTooLarge, PositionError, code_units
 from lsp.host import ModelHost
 from lsp.loading import ModelSpec, prompt_budget_problem, usable_lengths
-from lsp.postprocess import CursorContext, trim_auto_closed
-from lsp.prompt import ContextSource
 from lsp.protocol import CodeLlamaProtocol, strict_converter
 from lsp.settings import PromptSettings, Settings, with_overrides
 from lsp.status import Status, package_version
@@ -311,18 +312,8 @@ class CodeLlamaServer(LanguageServer):
             rest, replace = trim_auto_closed(rest, cursor.line_after)
             return self.answer(uri, doc.text, cursor, cursor.line_before, rest, cursor.offset + replace)
         text, offset, resume = self.as_if_accepted(doc, cursor, selected)
-        line_end = offset + len(cursor.line_after) - (resume - cursor.offset)
-        task = CompletionTask(
-            uri=uri,
-            text=text,
-            offset=offset,
-            line=position.line,
-            language_id=doc.language_id,
-            cursor=CursorContext.around(text, offset, cursor.line_start, line_end),
-            sources=self.context_sources(uri),
-            settings=self.settings,
-            owner=self.session_id,
-        )
+        snapshot = Snapshot(text, offset, doc.language_id, self.context_sources(uri), known_line=position.line)
+        task = CompletionTask(uri, snapshot, self.settings, owner=self.session_id, started=started)
         # The answer's range is in the document as the request saw it: edits that arrive while
         # the model works must not shift it.
         requested_text = doc.text

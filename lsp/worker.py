@@ -44,8 +44,8 @@ class Job:
     """Set before the outcome is delivered: a request arriving after that must not join."""
 
     def same_request(self, task: CompletionTask) -> bool:
-        t = self.task
-        return t.offset == task.offset and t.settings == task.settings and t.text == task.text
+        a, b = self.task.snapshot, task.snapshot
+        return a.offset == b.offset and self.task.settings == task.settings and a.text == b.text
 
     def resolve(self, outcome: CompletionOutcome) -> None:
         """Hand the outcome to every waiting handler (callable from any thread)."""

@@ -7,10 +7,10 @@ import threading
 
 import pytest
 
+from engine.pipeline import Snapshot
 from engine.session import InfillEngine
 from lsp.completer import CompletionOutcome, CompletionTask
 from lsp.loading import LoadedModel, ModelSpec
-from lsp.postprocess import CursorContext
 from lsp.settings import Settings
 from lsp.worker import InferenceWorker
 from tests.lsp.scripted_model import scripted_model
@@ -25,16 +25,7 @@ def task(uri: str = "file:///a.py", typed: str = "", **settings) -> CompletionTa
     offset = TEXT.index("\n    \n") + 5
     text = TEXT[:offset] + typed + TEXT[offset:]
     offset += len(typed)
-    return CompletionTask(
-        uri=uri,
-        text=text,
-        offset=offset,
-        line=1,
-        language_id="python",
-        cursor=CursorContext(line_before="    " + typed),
-        sources=(),
-        settings=Settings(**settings),
-    )
+    return CompletionTask(uri, Snapshot(text, offset, "python"), Settings(**settings))
 
 
 class GatedCompleter:
@@ -46,10 +37,10 @@ class GatedCompleter:
         self.ran: list[str] = []
 
     def complete(self, engine, task, cancel) -> CompletionOutcome:
-        self.ran.append(task.text)
+        self.ran.append(task.snapshot.text)
         self.started.set()
         self.release.wait(10)
-        return CompletionOutcome(cancelled=cancel.is_set(), raw=task.text)
+        return CompletionOutcome(cancelled=cancel.is_set(), raw=task.snapshot.text)
 
 
 def fake_loaded(spec: ModelSpec) -> LoadedModel:

@@ -21,6 +21,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from engine.tokenizer import Tokenizer
 from engine.window import CursorWindow, cursor_window
 
 CHARS_PER_TOKEN = 3
@@ -67,14 +68,39 @@ class ContextSource:
 
 
 @dataclass(frozen=True)
-class PromptText:
+class PromptParts:
+    """The two halves of an infilling prompt, as text and as the token ids the model gets."""
+
     prefix: str
     """Context comments, then the document's text before the cursor."""
+    prefix_ids: list[int]
+    """prefix, tokenized as encode(prefix) would (SentencePiece's leading space included)."""
     suffix: str
     """The document's text after the cursor."""
+    suffix_ids: list[int]
+    """suffix, tokenized without a leading space (encode_infilling)."""
     context: str
     """The context part of the prefix (empty when there is none)."""
     window: CursorWindow
+
+
+class TokenCounter:
+    """Counts tokens by encoding, and keeps the ids of the last few texts: the window that
+    fits its budget is then in the prompt without being encoded again."""
+
+    def __init__(self, encode: Callable[[str], list[int]], keep: int = 8) -> None:
+        self.encode, self.keep = encode, keep
+        self._ids: OrderedDict[str, list[int]] = OrderedDict()
+
+    def ids(self, text: str) -> list[int]:
+        if text not in self._ids:
+            self._ids[text] = self.encode(text)
+            if len(self._ids) > self.keep:
+                self._ids.popitem(last=False)
+        return self._ids[text]
+
+    def __call__(self, text: str) -> int:
+        return len(self.ids(text))
 
 
 def comment_marker(language_id: str) -> str:
@@ -92,13 +118,21 @@ def comment_marker(language_id: str) -> str:
     return "//"
 
 
-def fit_window(text: str, offset: int, count: CountTokens, prefix_tokens: int, suffix_tokens: int) -> CursorWindow:
+def fit_window(
+    text: str,
+    offset: int,
+    count: CountTokens,
+    prefix_tokens: int,
+    suffix_tokens: int,
+    count_suffix: CountTokens | None = None,
+) -> CursorWindow:
     """The largest block-aligned window whose prefix and suffix fit their token budgets."""
+    count_suffix = count_suffix or count
     prefix_chars, suffix_chars = prefix_tokens * CHARS_PER_TOKEN, suffix_tokens * CHARS_PER_TOKEN
     while True:
         window = cursor_window(text, offset, prefix_chars, suffix_chars, WINDOW_BLOCK)
         prefix_over = prefix_chars > 0 and count(window.prefix) > prefix_tokens
-        suffix_over = suffix_chars > 0 and count(window.suffix) > suffix_tokens
+        suffix_over = suffix_chars > 0 and count_suffix(window.suffix) > suffix_tokens
         if not (prefix_over or suffix_over):
             return window
         if prefix_over:
@@ -144,6 +178,7 @@ class SnippetCache:
         self.size = size
         self._snippets: OrderedDict[tuple, tuple[str, ...]] = OrderedDict()
         self._costs: OrderedDict[str, int] = OrderedDict()
+        self._ids: OrderedDict[tuple[str, bool], list[int]] = OrderedDict()
 
     def snippet(self, source: ContextSource, query: str) -> tuple[str, ...]:
         if not source.version:
@@ -166,6 +201,18 @@ class SnippetCache:
                 self._costs.popitem(last=False)
         return self._costs[block]
 
+    def ids(self, block: str, encode: Callable[[str], list[int]], leading: bool) -> list[int]:
+        """A block's token ids, encoded once (leading: the first part of a prompt's prefix,
+        which gets SentencePiece's leading space)."""
+        key = (block, leading)
+        if key in self._ids:
+            self._ids.move_to_end(key)
+        else:
+            self._ids[key] = encode(block)
+            if len(self._ids) > self.size:
+                self._ids.popitem(last=False)
+        return self._ids[key]
+
 
 def context_comments(
     sources: Sequence[ContextSource],
@@ -176,6 +223,19 @@ def context_comments(
     cache: SnippetCache,
     deadline: float = math.inf,
 ) -> str:
+    """Snippets of other documents as one text (see context_blocks)."""
+    return "".join(context_blocks(sources, language_id, query, count, budget, cache, deadline))
+
+
+def context_blocks(
+    sources: Sequence[ContextSource],
+    language_id: str,
+    query: str,
+    count: CountTokens,
+    budget: int,
+    cache: SnippetCache,
+    deadline: float = math.inf,
+) -> list[str]:
     """Snippets of other documents, most recently used first, within `budget` tokens.
 
     Stops at `deadline` (time.perf_counter): context must not eat the time budget. A
@@ -198,7 +258,7 @@ def context_comments(
                 lines = lines[: len(lines) // 2]
         except Exception as e:  # one odd document must not cost every completion elsewhere
             log.warning("no context from %s: %s: %s", source.path, type(e).__name__, e)
-    return "".join(parts)
+    return parts
 
 
 def fit_budgets(prefix: int, suffix: int, context: int, available: int) -> tuple[int, int, int]:
@@ -220,17 +280,43 @@ def build_prompt(
     cursor_line: int,
     language_id: str,
     sources: Sequence[ContextSource],
-    count: CountTokens,
+    tokenizer: Tokenizer,
     prefix_tokens: int,
     suffix_tokens: int,
     context_tokens: int,
     cache: SnippetCache | None = None,
     context_deadline: float = math.inf,
-) -> PromptText:
-    window = fit_window(text, offset, count, prefix_tokens, suffix_tokens)
-    context = ""
-    if sources and context_tokens > 0:
+) -> PromptParts:
+    """The prompt's halves for a cursor, each part tokenized once.
+
+    The prefix is the context blocks, then the window's prefix; as one text it would
+    tokenize as encode(context + prefix), which equals the parts' ids joined because
+    every part starts on a line of its own (SentencePiece pieces do not cross "\\n"):
+    the first part with encode (the leading space), the others with encode_infilling.
+    """
+    cache = cache or SnippetCache()
+    with_context = bool(sources) and context_tokens > 0
+    prefix_counter = TokenCounter(tokenizer.encode_infilling if with_context else tokenizer.encode)
+    suffix_counter = TokenCounter(tokenizer.encode_infilling)
+    window = fit_window(text, offset, prefix_counter, prefix_tokens, suffix_tokens, suffix_counter)
+    blocks: list[str] = []
+    if with_context:
         query = query_text(window.prefix, cursor_line)
-        cache = cache or SnippetCache()
-        context = context_comments(sources, language_id, query, count, context_tokens, cache, context_deadline)
-    return PromptText(context + window.prefix, window.suffix, context, window)
+
+        def cost(block: str) -> int:
+            return len(cache.ids(block, tokenizer.encode_infilling, leading=False))
+
+        blocks = context_blocks(sources, language_id, query, cost, context_tokens, cache, context_deadline)
+    if blocks:
+        prefix_ids = cache.ids(blocks[0], tokenizer.encode, leading=True)[:]
+        for block in blocks[1:]:
+            prefix_ids += cache.ids(block, tokenizer.encode_infilling, leading=False)
+        prefix_ids += prefix_counter.ids(window.prefix)
+    elif with_context:  # no source lent a snippet: the prefix comes first after all
+        prefix_ids = tokenizer.encode(window.prefix)
+    else:
+        prefix_ids = prefix_counter.ids(window.prefix)
+    context = "".join(blocks)
+    return PromptParts(
+        context + window.prefix, prefix_ids, window.suffix, suffix_counter.ids(window.suffix), context, window
+    )

@@ -3,9 +3,7 @@ from __future__ import annotations
 import itertools
 from pathlib import Path
 
-from engine.prompts import build_infill_prompt
-from engine.session import common_prefix_length
-from lsp.prompt import (
+from engine.context import (
     ContextSource,
     SnippetCache,
     best_snippet,
@@ -15,6 +13,8 @@ from lsp.prompt import (
     fit_window,
     query_text,
 )
+from engine.prompts import build_infill_prompt
+from engine.session import common_prefix_length
 
 
 def source_text() -> str:
@@ -89,15 +89,27 @@ def test_query_moves_in_steps_of_lines():
 
 
 def test_build_prompt_puts_context_before_the_prefix(tokenizer):
-    count = lambda s: len(tokenizer.encode(s))  # noqa: E731
     text = "def add(a, b):\n    return a + b\n\nresult = add(1, 2)\n"
     offset = text.index("add(1")
     sources = (ContextSource("lib/math_utils.py", "def add(x, y):\n    return x + y\n"),)
-    prompt = build_prompt(text, offset, 3, "python", sources, count, 256, 64, 128)
+    prompt = build_prompt(text, offset, 3, "python", sources, tokenizer, 256, 64, 128)
     assert prompt.context and prompt.prefix == prompt.context + text[:offset]
     assert prompt.suffix == text[offset:]
     assert "# Path: lib/math_utils.py" in prompt.context
-    assert build_prompt(text, offset, 3, "python", sources, count, 256, 64, 0).context == ""
+    assert build_prompt(text, offset, 3, "python", sources, tokenizer, 256, 64, 0).context == ""
+
+
+def test_prompt_ids_are_the_texts_tokenized_whole(tokenizer):
+    """Each part is tokenized once, alone; joined they are what the whole text tokenizes to."""
+    text = source_text()
+    others = (ContextSource("a.py", source_text()[:5000], ("a", 1)), ContextSource("b.py", "import os\n", ("b", 1)))
+    cache = SnippetCache()
+    for offset in range(1000, len(text), len(text) // 25):
+        line = text.count("\n", 0, offset)
+        for sources in (others, ()):
+            prompt = build_prompt(text, offset, line, "python", sources, tokenizer, 512, 128, 256, cache)
+            assert prompt.prefix_ids == tokenizer.encode(prompt.prefix)
+            assert prompt.suffix_ids == tokenizer.encode_infilling(prompt.suffix)
 
 
 def test_comment_markers():
@@ -105,7 +117,7 @@ def test_comment_markers():
 
 
 def test_budgets_shrink_together_to_fit_the_models_context():
-    from lsp.prompt import fit_budgets
+    from engine.context import fit_budgets
 
     assert fit_budgets(1024, 320, 512, 4000) == (1024, 320, 512)
     prefix, suffix, context = fit_budgets(1024, 320, 512, 880)

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from lsp.postprocess import CursorContext, Edit, enough, finish, indent_unit, wants_multiline
+from engine.postprocess import CursorContext, Edit, enough, finish, indent_unit, wants_multiline
 
 
 def context(text: str) -> CursorContext:
