@@ -13,6 +13,7 @@ drives whatever engine it is given (engine.session.InfillEngine).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import re
 import threading
@@ -119,7 +120,9 @@ class Pipeline:
         self.engine = engine
         self.snippets = SnippetCache()
 
-    def plan(self, snap: Snapshot, settings: CompletionSettings, started: float | None = None) -> Plan:
+    def plan(
+        self, snap: Snapshot, settings: CompletionSettings, started: float | None = None, token_healing: bool = True
+    ) -> Plan:
         """The prompt for a snapshot, within the budgets the model can take."""
         started = time.perf_counter() if started is None else started
         p = settings.prompt
@@ -140,7 +143,8 @@ class Pipeline:
             self.snippets,
             context_deadline=started + CONTEXT_TIME_SHARE * settings.time_budget_ms / 1000,
         )
-        prompt = infill_prompt(self.engine.tokenizer, parts.prefix, parts.prefix_ids, parts.suffix_ids, p.format)
+        tok = self.engine.tokenizer
+        prompt = infill_prompt(tok, parts.prefix, parts.prefix_ids, parts.suffix_ids, p.format, token_healing)
         multiline = wants_multiline(snap.context, settings.multiline)
         params = SamplingParams(
             max_new_tokens=max_new_tokens,
@@ -159,12 +163,19 @@ class Pipeline:
         cancel: threading.Event | Callable[[], bool] | None = None,
         started: float | None = None,
         raw: bool = False,
+        token_healing: bool = True,
+        sampling: dict | None = None,
     ) -> Outcome:
         """The edit for a snapshot. key: what the engine keeps a KV-cache slot for (a document);
         started: when the request arrived (the time budget counts from there); raw: no
-        post-processing (the model's middle, to the token limit or <EOT>)."""
+        post-processing and no stop at the line's end (the model's middle, to the token limit
+        or <EOT>); sampling: SamplingParams fields to override (seed, top_p, stop)."""
         started = time.perf_counter() if started is None else started
-        plan = self.plan(snap, settings, started)
+        plan = self.plan(snap, settings, started, token_healing)
+        if raw:
+            plan.params = dataclasses.replace(plan.params, stop=())
+        if sampling:
+            plan.params = dataclasses.replace(plan.params, **sampling)
         with self.engine.stream(plan.prompt, plan.params, session=key, cancel=cancel, started=started) as stream:
             for _ in stream:
                 if not raw and enough(stream.text, snap.context, plan.multiline, settings.max_lines):

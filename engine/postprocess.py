@@ -15,6 +15,11 @@ from dataclasses import dataclass
 BLOCK_OPENERS = re.compile(r"(?:[:{(\[]|=>|->|\bdo|\bthen|\bbegin|\belse)\s*$")
 # Lines that close a block: legitimately repeated ("}" then "}"), kept when they end one.
 BLOCK_CLOSERS = re.compile(r"^\s*(?:[)\]}]|end\b|fi\b|done\b|esac\b|endif\b|endfunction\b)")
+# A short unit repeated at least 4 times in a row within a line: `n-n-n-n-`, `b*b*b*b*`,
+# `return a + breturn a + b...`: a model stuck in a loop, never what a person writes (a
+# run under MIN_RUN characters, such as `[0, 0, 0, 0]`, is left alone).
+REPEATED_UNIT = re.compile(r"(.{1,40}?)\1{3,}")
+MIN_RUN = 16
 # What editors insert automatically after the cursor: the completion may run over them.
 CONTROL_CHARS = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
 
@@ -91,6 +96,24 @@ def is_repetition(line: str, previous: str) -> bool:
     return (
         text == previous.strip() and len(text) >= 4 and any(c.isalnum() for c in text) and not BLOCK_CLOSERS.match(text)
     )
+
+
+def repetition_start(line: str) -> int | None:
+    """Where a degenerate in-line repetition begins (after its first copy), or None."""
+    for match in REPEATED_UNIT.finditer(line):
+        unit = match.group(1)
+        if len(match.group(0)) >= MIN_RUN and any(c.isalnum() for c in unit):
+            return match.start() + len(unit)
+    return None
+
+
+def cut_repetitions(lines: list[str]) -> list[str]:
+    """Lines up to the first degenerate in-line repetition, which keeps one copy of its unit."""
+    for i, line in enumerate(lines):
+        cut = repetition_start(line)
+        if cut is not None:
+            return [*lines[:i], line[:cut]]
+    return lines
 
 
 def normalize_indentation(lines: list[str], ctx: CursorContext) -> list[str]:
@@ -211,7 +234,7 @@ def finish(raw: str, ctx: CursorContext, multiline: bool, max_lines: int) -> Edi
     text = CONTROL_CHARS.sub("", raw.replace("\r\n", "\n").replace("\r", "\n"))
     if not multiline:
         text = text.split("\n", 1)[0]
-    lines = normalize_indentation(text.split("\n"), ctx)
+    lines = normalize_indentation(cut_repetitions(text.split("\n")), ctx)
     kept = lines[: cut_index(lines, ctx, multiline, max_lines)]
     text = "\n".join(line.rstrip() for line in kept).rstrip()
     if not text.strip():
@@ -224,6 +247,9 @@ def finish(raw: str, ctx: CursorContext, multiline: bool, max_lines: int) -> Edi
 
 def enough(raw: str, ctx: CursorContext, multiline: bool, max_lines: int) -> bool:
     """While streaming: True once finish() would cut what has been generated (stop early)."""
+    last_line = raw[raw.rfind("\n") + 1 :]
+    if repetition_start(last_line[-4 * 40 - MIN_RUN :]) is not None:  # looping: certain already
+        return True
     if not multiline:
         return "\n" in raw
     complete = raw.split("\n")[:-1]

@@ -13,7 +13,14 @@ import sys
 import time
 from pathlib import Path
 
-from engine.options import DTYPES, INFILL_FORMATS, SAVED_QUANTIZATIONS, add_model_arguments
+from engine.options import (
+    DTYPES,
+    INFILL_FORMATS,
+    MULTILINE_MODES,
+    SAVED_QUANTIZATIONS,
+    CompletionSettings,
+    add_model_arguments,
+)
 from lsp.settings import Settings
 
 DEFAULT_PORT = 2087
@@ -78,8 +85,8 @@ def cursor_offset(text: str, file: Path, line: int, col: int) -> int:
 
 
 def run_complete(args: argparse.Namespace) -> int:
-    from engine.generate import SamplingParams
-    from engine.window import cursor_window
+    from engine.options import PromptSettings
+    from engine.pipeline import Pipeline, Snapshot
 
     file, line, col = parse_location(args.location)
     try:
@@ -88,28 +95,43 @@ def run_complete(args: argparse.Namespace) -> int:
         raise ValueError(f"{file}: not UTF-8 text ({e})") from e
     offset = cursor_offset(text, file, line, col)
     engine = load_engine(args)
-    window = cursor_window(text, offset)
-    params = SamplingParams(
-        max_new_tokens=args.max_tokens,
+    settings = CompletionSettings(
+        max_tokens=args.max_tokens,
         temperature=args.temperature,
-        top_p=args.top_p,
-        stop=tuple(args.stop or ()),
-        time_budget_s=args.time_budget,
-        seed=args.seed,
+        multiline=args.multiline,
+        max_lines=args.max_lines,
+        time_budget_ms=round(args.time_budget * 1000) if args.time_budget else 120_000,
+        prompt=PromptSettings(format=args.format),
     )
-    completion = engine.complete(
-        window.prefix, window.suffix, fmt=args.format, token_healing=not args.no_token_healing, params=params
+    sampling = {"top_p": args.top_p, "seed": args.seed, **({"stop": tuple(args.stop)} if args.stop else {})}
+    done = Pipeline(engine).complete(
+        Snapshot(text, offset, language_id(file), known_line=line - 1),
+        settings,
+        raw=args.raw,
+        token_healing=not args.no_token_healing,
+        sampling=sampling,
     )
-    sys.stdout.write(completion.text)
+    if args.raw:
+        sys.stdout.write(done.raw)
+    elif done.edit is not None:
+        sys.stdout.write(done.edit.text)
     sys.stdout.flush()
-    s = completion.stats
+    s = done.stats
+    shown = "the model's middle (--raw)" if args.raw else "what an editor shows" if done.edit else "nothing to show"
     print(
         f"\nprompt {s.prompt_tokens} tokens (prefilled {s.prefilled_tokens}) in {s.prefill_s * 1000:.0f} ms; "
         f"generated {s.generated_tokens} tokens in {s.decode_s * 1000:.0f} ms "
-        f"({s.decode_tokens_per_s:.1f} tokens/s); stopped: {s.stop_reason}",
+        f"({s.decode_tokens_per_s:.1f} tokens/s); stopped: {s.stop_reason}; printed: {shown}",
         file=sys.stderr,
     )
     return 0
+
+
+def language_id(file: Path) -> str:
+    """The LSP language id of a file, as editors name it (for the context comments' syntax)."""
+    names = {".py": "python", ".js": "javascript", ".ts": "typescript", ".go": "go", ".rs": "rust", ".lua": "lua"}
+    names |= {".c": "c", ".h": "c", ".cpp": "cpp", ".java": "java", ".rb": "ruby", ".sh": "shellscript"}
+    return names.get(file.suffix.lower(), file.suffix.lstrip(".").lower())
 
 
 def run_convert(args: argparse.Namespace) -> int:
@@ -175,10 +197,15 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--max-tokens", type=int, default=32)
     check.set_defaults(run=run_check_command)
 
-    complete = commands.add_parser("complete", help="print the middle generated at FILE:LINE:COL (1-based)")
+    complete = commands.add_parser(
+        "complete", help="print the completion an editor would show at FILE:LINE:COL (1-based)"
+    )
     add_engine_options(complete)
     complete.add_argument("location", metavar="FILE:LINE:COL")
+    complete.add_argument("--raw", action="store_true", help="print the model's middle, before post-processing")
     complete.add_argument("--max-tokens", type=int, default=128)
+    complete.add_argument("--multiline", choices=MULTILINE_MODES, default="auto", help="as the server's setting")
+    complete.add_argument("--max-lines", type=int, default=CompletionSettings.max_lines)
     complete.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
     complete.add_argument("--top-p", type=float, default=0.9)
     complete.add_argument("--format", choices=INFILL_FORMATS, default="spm", help="prompt layout (default spm)")

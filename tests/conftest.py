@@ -6,6 +6,8 @@ import pytest
 
 from engine.tokenizer import Tokenizer
 from tests.fixtures import train_tiny_tokenizer, write_tiny_checkpoint
+from tests.lsp.helpers import SCRIPT
+from tests.lsp.scripted_model import write_scripted_checkpoint
 
 
 @pytest.fixture(scope="session")
@@ -22,3 +24,15 @@ def tokenizer(tokenizer_path) -> Tokenizer:
 def tiny_checkpoint(tmp_path_factory, tokenizer_path) -> Path:
     """A random-weight 2-layer model in codellama-lsp format (with the tiny tokenizer)."""
     return write_tiny_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny", tokenizer_path)
+
+
+@pytest.fixture(scope="session")
+def scripted_checkpoint(tmp_path_factory, tokenizer_path) -> Path:
+    """Writes SCRIPT, then stops."""
+    return write_scripted_checkpoint(tmp_path_factory.mktemp("ckpt") / "scripted", tokenizer_path, SCRIPT)
+
+
+@pytest.fixture(scope="session")
+def looping_checkpoint(tmp_path_factory, tokenizer_path) -> Path:
+    """Writes SCRIPT over and over: generation only stops at the token limit or when cancelled."""
+    return write_scripted_checkpoint(tmp_path_factory.mktemp("ckpt") / "looping", tokenizer_path, SCRIPT, loop=True)

@@ -1,36 +1,30 @@
 """Held-out measurements during `fit`: loss on held-out rows, and FIM exact-match.
 
 FIM exact-match cuts one non-blank line out of each held-out document (the part after its
-indentation), asks the engine's InfillEngine to fill it greedily from the prefix and
-suffix around it, in PSM and in SPM (with the token healing the server uses), and counts
-completions equal to the line. It measures what the user sees: single-line ghost text.
+indentation: the cursor where an editor leaves it after auto-indenting), completes it
+through the server's pipeline (engine.pipeline: its prompt, greedy generation, its
+post-processing) in PSM and in SPM, and counts completions equal to the line by the
+repository benchmark's rule. It measures what the user sees: single-line ghost text.
 """
 
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from engine.generate import SamplingParams
 from engine.model import Transformer
-from engine.prompts import INFILL_FORMATS
+from engine.options import INFILL_FORMATS, CompletionSettings, PromptSettings
+from engine.pipeline import Pipeline, Snapshot
 from engine.session import InfillEngine, PromptTooLong
 from engine.tokenizer import Tokenizer
+from training.evaluation.repo_lines import LineTask, line_matches
 
 
-@dataclass(frozen=True)
-class InfillTask:
-    prefix: str
-    middle: str
-    suffix: str
-
-
-def line_infill_tasks(texts: list[str], count: int, context_chars: int, seed: int = 0) -> list[InfillTask]:
+def line_infill_tasks(texts: list[str], count: int, context_chars: int, seed: int = 0) -> list[LineTask]:
     """Up to `count` single-line tasks, one per document, chosen reproducibly."""
     rng = random.Random(f"fim-eval/{seed}")
     tasks = []
@@ -45,7 +39,9 @@ def line_infill_tasks(texts: list[str], count: int, context_chars: int, seed: in
         indent = lines[i][: len(lines[i]) - len(lines[i].lstrip())]
         prefix = "".join(line + "\n" for line in lines[:i]) + indent
         suffix = "".join("\n" + line for line in lines[i + 1 :])
-        tasks.append(InfillTask(prefix[-context_chars:], lines[i][len(indent) :], suffix[:context_chars]))
+        tasks.append(
+            LineTask(f"{len(tasks)}:{i + 1}", prefix[-context_chars:], suffix[:context_chars], lines[i][len(indent) :])
+        )
     return tasks
 
 
@@ -71,9 +67,10 @@ def heldout_loss(model: nn.Module, batches: list[torch.Tensor], autocast) -> flo
 
 
 def fim_exact_match(
-    core: Transformer, tok: Tokenizer, tasks: list[InfillTask], max_new_tokens: int, max_seq_len: int
+    core: Transformer, tok: Tokenizer, tasks: list[LineTask], max_new_tokens: int, max_seq_len: int
 ) -> float:
-    """Share of (task, format) pairs whose greedy single-line completion equals the middle.
+    """Share of (task, format) pairs whose greedy single-line completion, as the editor would
+    show it, is the line.
 
     Under FSDP every rank runs the same greedy generations in lockstep (each forward
     gathers the sharded weights), so all ranks return the same number.
@@ -81,18 +78,23 @@ def fim_exact_match(
     if not tasks:
         return float("nan")
     was_training = core.training
-    engine = InfillEngine(core, tok, max_seq_len=max_seq_len, cache_slots=1)
-    params = SamplingParams(max_new_tokens=max_new_tokens, temperature=0.0, stop=("\n",))
+    pipeline = Pipeline(InfillEngine(core, tok, max_seq_len=max_seq_len, cache_slots=1))
     hits = total = 0
     try:
         for task in tasks:
             for fmt in INFILL_FORMATS:
+                settings = CompletionSettings(
+                    max_tokens=max_new_tokens,
+                    multiline="never",
+                    time_budget_ms=120_000,
+                    prompt=PromptSettings(format=fmt),
+                )
                 try:
-                    completion = engine.complete(task.prefix, task.suffix, fmt=fmt, params=params)
+                    done = pipeline.complete(Snapshot(task.text, len(task.prefix)), settings)
                 except PromptTooLong:
                     continue
                 total += 1
-                hits += completion.text.rstrip() == task.middle.rstrip()
+                hits += line_matches(done.edit.text if done.edit is not None else "", task)
     finally:
         core.train(was_training)
     return hits / total if total else float("nan")

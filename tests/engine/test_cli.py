@@ -5,6 +5,8 @@ from __future__ import annotations
 import subprocess
 import sys
 
+from tests.lsp.helpers import SCRIPT
+
 
 def run(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
@@ -12,10 +14,10 @@ def run(*args: str) -> subprocess.CompletedProcess:
     )
 
 
-def test_complete_prints_only_the_middle(tiny_checkpoint, tmp_path):
+def test_complete_raw_prints_only_the_middle(tiny_checkpoint, tmp_path):
     source = tmp_path / "example.py"
     source.write_text("def add(a, b):\n    return a + b\n\n\ndef sub(a, b):\n    \n", encoding="utf-8")
-    result = run("complete", "--model", str(tiny_checkpoint), "--max-tokens", "7", f"{source}:6:5")
+    result = run("complete", "--raw", "--model", str(tiny_checkpoint), "--max-tokens", "7", f"{source}:6:5")
     assert result.returncode == 0, result.stderr
     assert "generated 7 tokens" in result.stderr and "prefilled" in result.stderr
     from engine.checkpoints import load_model
@@ -27,6 +29,19 @@ def test_complete_prints_only_the_middle(tiny_checkpoint, tmp_path):
     cursor = text.index("    \n", text.index("def sub")) + 4
     expected = InfillEngine(model, tokenizer).complete(text[:cursor], text[cursor:], params=SamplingParams(7)).text
     assert result.stdout == expected
+
+
+def test_complete_prints_what_the_editor_shows(scripted_checkpoint, looping_checkpoint, tmp_path):
+    """The server's pipeline: a model that never stops is cut where post-processing cuts it."""
+    source = tmp_path / "example.py"
+    source.write_text("def add(a, b):\n    \n\n\ndef sub(a, b):\n    return a - b\n", encoding="utf-8")
+    shown = run("complete", "--model", str(scripted_checkpoint), f"{source}:2:5")
+    assert shown.returncode == 0, shown.stderr
+    assert shown.stdout == SCRIPT and "printed: what an editor shows" in shown.stderr
+    looping = run("complete", "--model", str(looping_checkpoint), "--max-tokens", "60", f"{source}:2:5")
+    raw = run("complete", "--raw", "--model", str(looping_checkpoint), "--max-tokens", "60", f"{source}:2:5")
+    assert raw.stdout.count(SCRIPT) >= 3  # the model repeats itself ...
+    assert looping.stdout == SCRIPT and "stopped: post_process" in looping.stderr  # ... the editor is shown one
 
 
 def test_complete_reports_bad_positions_and_files(tiny_checkpoint, tmp_path):

@@ -148,3 +148,19 @@ def test_enough_stops_streaming_early():
     assert enough("x\n", context("a = |"), False, 16)
     many = "\n".join("    a = 1" for _ in range(5)) + "\n"
     assert enough(many, context("def f():\n|\n"), True, 3)
+
+
+def test_a_model_looping_inside_a_line_is_cut_to_one_copy():
+    ctx = CursorContext(line_before="    if ")
+    assert finish("n-" * 40, ctx, False, 16) == Edit("n-")
+    assert finish("return a + b" * 20, CursorContext(line_before="    "), True, 16) == Edit("return a + b")
+    assert enough("x = b*b*b*b*b*b*b*b*b*", CursorContext(line_before=""), True, 16)
+
+
+@pytest.mark.parametrize(
+    "line", ["x = [0, 0, 0, 0]", "# ================================", "assert a == a", "s = 'abcabcab'"]
+)
+def test_ordinary_repetitive_code_is_kept(line):
+    ctx = CursorContext(line_before="")
+    assert finish(line, ctx, False, 16) == Edit(line)
+    assert not enough(line, ctx, True, 16)

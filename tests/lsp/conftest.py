@@ -1,24 +1,9 @@
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import pytest_asyncio
 
-from tests.lsp.helpers import CLIENTS, SCRIPT, start_client, wait_for_state
-from tests.lsp.scripted_model import write_scripted_checkpoint
-
-
-@pytest.fixture(scope="session")
-def scripted_checkpoint(tmp_path_factory, tokenizer_path) -> Path:
-    """Writes SCRIPT, then stops."""
-    return write_scripted_checkpoint(tmp_path_factory.mktemp("ckpt") / "scripted", tokenizer_path, SCRIPT)
-
-
-@pytest.fixture(scope="session")
-def looping_checkpoint(tmp_path_factory, tokenizer_path) -> Path:
-    """Writes SCRIPT over and over: generation only stops at the token limit or when cancelled."""
-    return write_scripted_checkpoint(tmp_path_factory.mktemp("ckpt") / "looping", tokenizer_path, SCRIPT, loop=True)
+from tests.lsp.helpers import CLIENTS, start_client, wait_for_state
 
 
 @pytest_asyncio.fixture(scope="session", loop_scope="session", params=CLIENTS)

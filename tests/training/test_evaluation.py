@@ -134,6 +134,7 @@ def test_evenly_spaced_is_deterministic_and_spread():
 def git_repo(root: Path, files: dict[str, str], untracked: dict[str, str]) -> Path:
     root.mkdir()
     for name, text in {**files, **untracked}.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
         (root / name).write_text(text, encoding="utf-8")
     subprocess.run(["git", "init", "-q", str(root)], check=True)
     subprocess.run(["git", "-C", str(root), "add", *files], check=True)
@@ -180,3 +181,24 @@ def test_cli_reports_bad_arguments_clearly(capsys, tmp_path):
     assert "--tasks repo needs --repo" in capsys.readouterr().err
     assert main(["--baseline", "empty", "--tasks", "repo", "--repo", str(tmp_path)]) == 2
     assert "not a git repository" in capsys.readouterr().err
+
+
+def test_repo_tasks_get_the_servers_prompt_with_neighbouring_files(tmp_path, tiny_checkpoint):
+    """The benchmark measures the prompt users get: the server's budgets and snippets of other files."""
+    from engine.checkpoints import load_model
+    from engine.options import CompletionSettings
+    from engine.pipeline import Snapshot
+    from engine.session import InfillEngine
+    from training.evaluation.completers import ModelCompleter
+
+    files = {"pkg/a.py": "def alpha():\n    return 1\n", "pkg/b.py": "def beta():\n    return alpha()\n"}
+    repo = git_repo(tmp_path / "repo", files, {})
+    tasks = sample_line_tasks(repo, 10, seed=0)
+    task = next(t for t in tasks if t.task_id.startswith("pkg/b.py"))
+    assert [s.path for s in task.sources] == ["pkg/a.py"]
+    model, tokenizer, _ = load_model(tiny_checkpoint, "cpu")
+    completer = ModelCompleter(InfillEngine(model, tokenizer))
+    plan = completer.pipeline.plan(Snapshot(task.text, len(task.prefix), "python", task.sources), CompletionSettings())
+    assert "# Path: pkg/a.py" in plan.parts.context and plan.parts.prefix.endswith(task.prefix)
+    generated = completer.complete_line(task, "spm", StopRule(8, single_line=True))
+    assert "\n" not in generated.completion  # post-processed: one line, as the editor shows it

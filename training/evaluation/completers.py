@@ -11,8 +11,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
-from engine.generate import SamplingParams
+from engine.options import CompletionSettings, PromptSettings
+from engine.pipeline import Pipeline, Snapshot
+from engine.sampling import SamplingParams
 from engine.session import InfillEngine
+from training.evaluation.repo_lines import LineTask
 
 SINGLE_LINE_MAX_NEW_TOKENS = 128
 MULTI_LINE_MAX_NEW_TOKENS = 256
@@ -49,6 +52,8 @@ class Completer(Protocol):
 
     def complete(self, prefix: str, suffix: str, fmt: str, rule: StopRule) -> Generated: ...
 
+    def complete_line(self, task: LineTask, fmt: str, rule: StopRule) -> Generated: ...
+
 
 class ModelCompleter:
     """Greedy infilling with the engine. Raises engine.session.PromptTooLong when the prompt
@@ -56,6 +61,19 @@ class ModelCompleter:
 
     def __init__(self, engine: InfillEngine, token_healing: bool = False, name: str = "model") -> None:
         self.engine, self.token_healing, self.name = engine, token_healing, name
+        self.pipeline = Pipeline(engine)
+
+    def complete_line(self, task: LineTask, fmt: str, rule: StopRule) -> Generated:
+        """What the editor would show at the task's cursor: the server's prompt (default budgets,
+        snippets of the task's neighbouring files), generation, and post-processing."""
+        settings = CompletionSettings(
+            max_tokens=rule.max_new_tokens, multiline="never", time_budget_ms=120_000, prompt=PromptSettings(format=fmt)
+        )
+        language = "python" if task.task_id.split(":", 1)[0].endswith((".py", ".pyi")) else ""
+        snapshot = Snapshot(task.text, len(task.prefix), language, task.sources)
+        done = self.pipeline.complete(snapshot, settings, token_healing=True)
+        shown = done.edit.text if done.edit is not None else ""
+        return Generated(shown, done.stats.generated_tokens, done.stats.total_s, done.stats.stop_reason)
 
     def complete(self, prefix: str, suffix: str, fmt: str, rule: StopRule) -> Generated:
         result = self.engine.complete(prefix, suffix, fmt=fmt, token_healing=self.token_healing, params=rule.params())
@@ -89,3 +107,6 @@ class BaselineCompleter:
 
     def complete(self, prefix: str, suffix: str, fmt: str, rule: StopRule) -> Generated:
         return Generated(self._middle(prefix, suffix))
+
+    def complete_line(self, task: LineTask, fmt: str, rule: StopRule) -> Generated:
+        return self.complete(task.prefix, task.suffix, fmt, rule)

@@ -13,16 +13,10 @@ from dataclasses import dataclass
 from tqdm import tqdm
 
 from engine.session import PromptTooLong
-from engine.window import cursor_window
 from training.evaluation.completers import Completer, Generated, StopRule
 from training.evaluation.humaneval import InfillTask, check_program
 from training.evaluation.repo_lines import LineTask, line_matches
 from training.evaluation.sandbox import ExecResult, ProgramRunner
-
-# Repository files can be long: start from the server's default window (chars) and halve
-# it while the prompt does not fit the model's context.
-REPO_WINDOW_CHARS = (6000, 2000)
-REPO_WINDOW_TRIES = 6
 
 
 @dataclass
@@ -71,30 +65,16 @@ def evaluate_humaneval(
 def evaluate_repo_lines(
     tasks: list[LineTask], fmt: str, completer: Completer, rule: StopRule, bar: tqdm
 ) -> list[TaskResult]:
+    """Exact match of what the editor would show (the server's prompt, budgets and post-processing)."""
     results = []
     for task in tasks:
-        generated = complete_in_window(completer, task, fmt, rule)
-        if generated is None:
-            result = TaskResult("repo", fmt, task.task_id, False, "prompt too long", "")
-        else:
-            result = result_for("repo", fmt, task.task_id, generated)
-            result.passed = line_matches(generated.completion, task)
-            result.status = "match" if result.passed else "no match"
+        generated = completer.complete_line(task, fmt, rule)
+        result = result_for("repo", fmt, task.task_id, generated)
+        result.passed = line_matches(generated.completion, task)
+        result.status = "match" if result.passed else "no match"
         results.append(result)
         bar.update()
     return results
-
-
-def complete_in_window(completer: Completer, task: LineTask, fmt: str, rule: StopRule) -> Generated | None:
-    document = task.prefix + task.suffix
-    prefix_chars, suffix_chars = REPO_WINDOW_CHARS
-    for _ in range(REPO_WINDOW_TRIES):
-        window = cursor_window(document, len(task.prefix), prefix_chars, suffix_chars)
-        try:
-            return completer.complete(window.prefix, window.suffix, fmt, rule)
-        except PromptTooLong:
-            prefix_chars, suffix_chars = prefix_chars // 2, suffix_chars // 2
-    return None
 
 
 def result_for(benchmark: str, fmt: str, task_id: str, generated: Generated) -> TaskResult:

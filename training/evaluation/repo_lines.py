@@ -5,16 +5,21 @@ deterministic for a given repository state and seed: candidate lines are the non
 lines of tracked source files in sorted path order, and `seed` picks which. The prefix is
 the file before the line, the suffix the file after the line's newline (so the middle is
 one whole line, as in HumanEval's single-line tasks); a completion matches when its first
-line equals the original line, whitespace trimmed.
+line equals the original line, whitespace trimmed. Each task also carries, as an editor
+would have them open, the files just before and after it in its folder: the prompt gets
+snippets of them, as the server's does (the model runs through engine.pipeline).
 """
 
 from __future__ import annotations
 
 import bisect
+import dataclasses
 import random
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
+
+from engine.context import ContextSource
 
 SOURCE_EXTENSIONS = frozenset(
     {".py", ".pyi", ".js", ".jsx", ".mjs", ".cjs", ".ts", ".tsx", ".go", ".rs", ".java", ".kt", ".c", ".h", ".cc"}
@@ -23,6 +28,8 @@ SOURCE_EXTENSIONS = frozenset(
 MAX_FILE_BYTES = 1 << 20
 # Longer lines mean minified or generated code, which says little about completion quality.
 MAX_LINE_CHARS = 1000
+NEIGHBOUR_CHARS = 64 * 1024
+"""Characters of a neighbouring file kept as context (as an open document, cut)."""
 
 
 class RepoError(ValueError):
@@ -37,6 +44,12 @@ class LineTask:
     suffix: str
     line: str
     """The original line, without its newline."""
+    sources: tuple[ContextSource, ...] = ()
+    """Other files, as open documents that lend the prompt snippets."""
+
+    @property
+    def text(self) -> str:
+        return self.prefix + self.suffix
 
 
 def tracked_source_files(repo: Path, extensions: frozenset[str] = SOURCE_EXTENSIONS) -> list[Path]:
@@ -103,8 +116,20 @@ def sample_line_tasks(repo: str | Path, count: int, seed: int = 0) -> list[LineT
         file_index = bisect.bisect_right(ends, pick)
         relative, text, lines = texts[file_index]
         line_number = lines[pick - (ends[file_index - 1] if file_index else 0)]
-        tasks.append(cut_line(f"{relative.as_posix()}:{line_number + 1}", text, line_number))
+        task = cut_line(f"{relative.as_posix()}:{line_number + 1}", text, line_number)
+        tasks.append(dataclasses.replace(task, sources=neighbours(texts, file_index)))
     return tasks
+
+
+def neighbours(texts: list[tuple[Path, str, list[int]]], index: int) -> tuple[ContextSource, ...]:
+    """The files before and after texts[index] in the same folder (sorted order), as context sources."""
+    folder = texts[index][0].parent
+    found = []
+    for other in (index - 1, index + 1):
+        if 0 <= other < len(texts) and texts[other][0].parent == folder:
+            path, text, _ = texts[other]
+            found.append(ContextSource(path.as_posix(), text[:NEIGHBOUR_CHARS], (path.as_posix(),)))
+    return tuple(found)
 
 
 def cut_line(task_id: str, text: str, line_number: int) -> LineTask:
@@ -116,4 +141,6 @@ def cut_line(task_id: str, text: str, line_number: int) -> LineTask:
 
 
 def line_matches(completion: str, task: LineTask) -> bool:
+    """The one exact-match rule (the repository benchmark and fit's held-out check): the
+    completion's first line equals the task's line, whitespace trimmed."""
     return completion.split("\n", 1)[0].strip() == task.line.strip()
