@@ -12,7 +12,7 @@ import sys
 import time
 
 from engine.machine import describe_machine
-from lsp.loading import ModelSpec, load, model_path
+from lsp.loading import ModelSpec, load
 from lsp.settings import Settings
 
 PREFIX = 'def fibonacci(n):\n    """Return the n-th Fibonacci number."""\n    if n < 2:\n        return n\n    return '
@@ -55,25 +55,28 @@ def run_check(args: argparse.Namespace, out=sys.stdout) -> int:
     settings = Settings(model=args.model, device=args.device, quantize=args.quantize, max_tokens=args.max_tokens)
     spec = ModelSpec.from_settings(settings, args.dtype, args.threads)
     try:
-        path = model_path(spec)
+        from engine.loader import model_path
+
+        path = model_path(spec.model)
     except Exception as e:
         say("model", f"NOT FOUND: {e}")
         return 1
     say("model", str(path))
     try:
-        loaded = load(spec)
+        served = load(spec)
     except Exception as e:
         say("load", f"FAILED: {e}")
         return 1
-    engine = loaded.engine
+    loaded, engine = served.loaded, served.engine
+    say("format", loaded.info.format)
     say("parameters", f"{loaded.parameters / 1e6:,.1f}M")
     say("device", device_description(loaded.device))
     say("machine", describe_machine())
     say("dtype", loaded.dtype)
     say("quantization", loaded.quantization)
-    say("load time", f"{loaded.load_s:.2f} s")
+    say("load time", f"{served.load_s:.2f} s")
     rss, how = memory_bytes()
-    say("memory", f"{how} {mib(rss)}; KV cache {mib(engine.cache_bytes())} ({spec.max_seq_len} tokens x 2 slots)")
+    say("memory", f"{how} {mib(rss)}; KV cache {mib(engine.cache_bytes())} ({engine.max_seq_len} tokens x 2 slots)")
     if loaded.device.startswith("cuda"):
         import torch
 

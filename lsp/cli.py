@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-import time
 from pathlib import Path
 
 from engine.options import (
@@ -44,26 +43,14 @@ def add_engine_options(parser: argparse.ArgumentParser) -> None:
 
 
 def load_engine(args: argparse.Namespace, max_seq_len: int = 4096, cache_slots: int = 2):
-    from engine.checkpoints import load_model
-    from engine.defaults import default_model_path
-    from engine.session import InfillEngine
+    from engine import loader
 
-    if getattr(args, "threads", None):
-        import torch
-
-        torch.set_num_threads(args.threads)
-    started = time.perf_counter()
-    path = Path(args.model) if args.model else default_model_path()
-    model, tokenizer, info = load_model(path, args.device, args.dtype, args.quantize)
-    weight = model.model.embed_tokens.weight
-    quantization = info.quantization if info.quantization != "none" else args.quantize
-    print(
-        f"loaded {info.format} checkpoint {path} ({model.num_parameters() / 1e6:.1f}M parameters) on "
-        f"{weight.device} as {str(weight.dtype).removeprefix('torch.')}, quantization {quantization}, "
-        f"in {time.perf_counter() - started:.2f} s",
-        file=sys.stderr,
-    )
-    return InfillEngine(model, tokenizer, max_seq_len=max_seq_len, cache_slots=cache_slots)
+    loaded = loader.load_engine(
+        args.model, args.device, args.dtype, args.quantize, max_seq_len=max_seq_len, cache_slots=cache_slots,
+        threads=getattr(args, "threads", None),
+    )  # fmt: skip
+    print(f"loaded {loaded.describe()}", file=sys.stderr)
+    return loaded.engine
 
 
 def parse_location(location: str) -> tuple[Path, int, int]:
@@ -136,9 +123,9 @@ def language_id(file: Path) -> str:
 
 def run_convert(args: argparse.Namespace) -> int:
     from engine.checkpoints import load_model, save_checkpoint
-    from engine.defaults import default_model_path
+    from engine.loader import model_path
 
-    path = Path(args.model) if args.model else default_model_path()
+    path = model_path(args.model)
     model, tokenizer, info = load_model(path, "cpu", args.dtype)
     out = save_checkpoint(args.out, model, tokenizer.path, quantize=args.quantize)
     print(f"wrote {out} ({info.format} -> codellama-lsp, quantization {args.quantize})", file=sys.stderr)

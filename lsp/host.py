@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from lsp.loading import LoadedModel, ModelSpec
+from lsp.loading import ModelSpec, ServedModel
 from lsp.worker import InferenceWorker, ModelEvent
 
 log = logging.getLogger(__name__)
@@ -35,7 +35,7 @@ class ModelState:
     quantize: str = "none"
     message: str | None = None
     load_seconds: float | None = None
-    loaded: LoadedModel | None = field(default=None, repr=False)
+    loaded: ServedModel | None = field(default=None, repr=False)
 
 
 class ModelHost:

@@ -9,19 +9,20 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from lsp.settings import Settings
 
 if TYPE_CHECKING:
+    from engine.loader import LoadedModel
     from engine.session import InfillEngine
+
+from engine.pipeline import PROMPT_MARGIN, prompt_budget_problem, usable_lengths
+
+__all__ = ["prompt_budget_problem", "usable_lengths"]
 
 CACHE_SLOTS = 2
 """Sequences kept in the KV cache: two files stay warm while the user switches between them."""
-from engine.pipeline import PROMPT_MARGIN, prompt_budget_problem, usable_lengths  # noqa: E402
-
-__all__ = ["prompt_budget_problem", "usable_lengths"]
 
 
 @dataclass(frozen=True)
@@ -51,21 +52,32 @@ class ModelSpec:
 
 
 @dataclass
-class LoadedModel:
-    engine: InfillEngine
-    path: str
-    device: str
-    dtype: str
-    quantization: str
-    parameters: int
-    load_s: float
+class ServedModel:
+    """A loaded engine and the spec it was loaded for."""
+
+    loaded: LoadedModel
     spec: ModelSpec
+    load_s: float
+    """Loading and warming up, seconds."""
+
+    @property
+    def engine(self) -> InfillEngine:
+        return self.loaded.engine
+
+    @property
+    def path(self) -> str:
+        return self.loaded.path
+
+    @property
+    def device(self) -> str:
+        return self.loaded.device
+
+    @property
+    def quantization(self) -> str:
+        return self.loaded.quantization
 
     def describe(self) -> str:
-        return (
-            f"{self.path} ({self.parameters / 1e6:.1f}M parameters) on {self.device} as {self.dtype}, "
-            f"quantization {self.quantization}, loaded in {self.load_s:.2f} s"
-        )
+        return self.loaded.describe()
 
 
 def cache_length(spec: ModelSpec, args) -> int:
@@ -87,35 +99,22 @@ def default_threads() -> int:
     return max(1, min(torch.get_num_threads(), (os.cpu_count() or 1) - 1))
 
 
-def model_path(spec: ModelSpec) -> Path:
-    from engine.defaults import default_model_path
-
-    return Path(spec.model).expanduser() if spec.model else default_model_path()
-
-
-def load(spec: ModelSpec) -> LoadedModel:
-    """Load weights and tokenizer and allocate the KV cache; raises the engine's errors."""
+def load(spec: ModelSpec) -> ServedModel:
+    """Load weights and tokenizer and allocate the KV cache (engine.loader); raises the engine's errors."""
     started = time.perf_counter()
-    import torch
+    from engine.loader import load_engine
 
-    from engine.checkpoints import load_model
-    from engine.session import InfillEngine
-
-    torch.set_num_threads(spec.threads or default_threads())
-    path = model_path(spec)
-    model, tokenizer, info = load_model(path, spec.device, spec.dtype, spec.quantize)
-    engine = InfillEngine(model, tokenizer, max_seq_len=cache_length(spec, model.args), cache_slots=CACHE_SLOTS)
-    warm_up(engine)
-    return LoadedModel(
-        engine=engine,
-        path=str(path),
-        device=str(engine.device),
-        dtype=str(engine.dtype).removeprefix("torch."),
-        quantization=info.quantization if info.quantization != "none" else spec.quantize,
-        parameters=model.num_parameters(),
-        load_s=time.perf_counter() - started,
-        spec=spec,
+    loaded = load_engine(
+        spec.model,
+        spec.device,
+        spec.dtype,
+        spec.quantize,
+        max_seq_len=spec.max_seq_len,
+        cache_slots=CACHE_SLOTS,
+        threads=spec.threads or default_threads(),
     )
+    warm_up(loaded.engine)
+    return ServedModel(loaded, spec, time.perf_counter() - started)
 
 
 def warm_up(engine: InfillEngine) -> None:
@@ -126,12 +125,13 @@ def warm_up(engine: InfillEngine) -> None:
     engine.reset_cache()
 
 
-def resize(loaded: LoadedModel, spec: ModelSpec) -> LoadedModel:
+def resize(loaded: ServedModel, spec: ModelSpec) -> ServedModel:
     """Same weights, a KV cache of another length (after the prompt budgets changed)."""
     from engine.session import InfillEngine
 
     model, tokenizer = loaded.engine.model, loaded.engine.tokenizer
-    loaded.engine = None  # type: ignore[assignment]  # free the old cache before allocating the new one
-    loaded.engine = InfillEngine(model, tokenizer, max_seq_len=cache_length(spec, model.args), cache_slots=CACHE_SLOTS)
+    loaded.loaded.engine = None  # type: ignore[assignment]  # free the old cache before allocating the new one
+    cache = cache_length(spec, model.args)
+    loaded.loaded.engine = InfillEngine(model, tokenizer, max_seq_len=cache, cache_slots=CACHE_SLOTS)
     loaded.spec = spec
     return loaded

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from lsp.completer import Completer, CompletionOutcome, CompletionTask
-from lsp.loading import LoadedModel, ModelSpec, load, resize
+from lsp.loading import ModelSpec, ServedModel, load, resize
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +74,7 @@ class ModelEvent:
     state: str
     """"loading", "ready" or "error"."""
     spec: ModelSpec
-    loaded: LoadedModel | None = None
+    loaded: ServedModel | None = None
     message: str | None = None
 
 
@@ -82,14 +82,14 @@ class InferenceWorker:
     def __init__(
         self,
         on_model_event: Callable[[ModelEvent], None],
-        loader: Callable[[ModelSpec], LoadedModel] = load,
+        loader: Callable[[ModelSpec], ServedModel] = load,
         completer: Completer | None = None,
     ) -> None:
         """`on_model_event` is called on the worker thread at each model state change."""
         self.on_model_event = on_model_event
         self.loader = loader
         self.completer = completer or Completer()
-        self.loaded: LoadedModel | None = None
+        self.loaded: ServedModel | None = None
         self._wanted: ModelSpec | None = None
         self._failed: ModelSpec | None = None
         self._pending: OrderedDict[str, Job] = OrderedDict()

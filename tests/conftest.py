@@ -6,7 +6,7 @@ import pytest
 
 from engine.tokenizer import Tokenizer
 from tests.fixtures import train_tiny_tokenizer, write_tiny_checkpoint
-from tests.lsp.helpers import SCRIPT
+from tests.lsp.helpers import LONG_SCRIPT, SCRIPT
 from tests.lsp.scripted_model import write_scripted_checkpoint
 
 
@@ -34,5 +34,14 @@ def scripted_checkpoint(tmp_path_factory, tokenizer_path) -> Path:
 
 @pytest.fixture(scope="session")
 def looping_checkpoint(tmp_path_factory, tokenizer_path) -> Path:
-    """Writes SCRIPT over and over: generation only stops at the token limit or when cancelled."""
-    return write_scripted_checkpoint(tmp_path_factory.mktemp("ckpt") / "looping", tokenizer_path, SCRIPT, loop=True)
+    """Writes LONG_SCRIPT over and over on one line: generation only stops at the token limit or
+    when cancelled (its period is too long for post-processing to call it a degenerate loop)."""
+    folder = tmp_path_factory.mktemp("ckpt") / "looping"
+    return write_scripted_checkpoint(folder, tokenizer_path, LONG_SCRIPT, loop=True)
+
+
+@pytest.fixture(scope="session")
+def stuttering_checkpoint(tmp_path_factory, tokenizer_path) -> Path:
+    """Writes SCRIPT over and over: a model stuck in a short loop, which post-processing cuts."""
+    folder = tmp_path_factory.mktemp("ckpt") / "stuttering"
+    return write_scripted_checkpoint(folder, tokenizer_path, SCRIPT, loop=True)

@@ -31,15 +31,15 @@ def test_complete_raw_prints_only_the_middle(tiny_checkpoint, tmp_path):
     assert result.stdout == expected
 
 
-def test_complete_prints_what_the_editor_shows(scripted_checkpoint, looping_checkpoint, tmp_path):
+def test_complete_prints_what_the_editor_shows(scripted_checkpoint, stuttering_checkpoint, tmp_path):
     """The server's pipeline: a model that never stops is cut where post-processing cuts it."""
     source = tmp_path / "example.py"
     source.write_text("def add(a, b):\n    \n\n\ndef sub(a, b):\n    return a - b\n", encoding="utf-8")
     shown = run("complete", "--model", str(scripted_checkpoint), f"{source}:2:5")
     assert shown.returncode == 0, shown.stderr
     assert shown.stdout == SCRIPT and "printed: what an editor shows" in shown.stderr
-    looping = run("complete", "--model", str(looping_checkpoint), "--max-tokens", "60", f"{source}:2:5")
-    raw = run("complete", "--raw", "--model", str(looping_checkpoint), "--max-tokens", "60", f"{source}:2:5")
+    looping = run("complete", "--model", str(stuttering_checkpoint), "--max-tokens", "60", f"{source}:2:5")
+    raw = run("complete", "--raw", "--model", str(stuttering_checkpoint), "--max-tokens", "60", f"{source}:2:5")
     assert raw.stdout.count(SCRIPT) >= 3  # the model repeats itself ...
     assert looping.stdout == SCRIPT and "stopped: post_process" in looping.stderr  # ... the editor is shown one
 

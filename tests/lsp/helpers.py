@@ -18,6 +18,8 @@ CLIENTS = ["neovim", "visual-studio-code"]
 """pytest-lsp's captured client capabilities the end-to-end tests run with."""
 SCRIPT = "return a + b"
 """What the scripted test model (tests/lsp/scripted_model.py) writes."""
+LONG_SCRIPT = SCRIPT + "  # the total of first and second values"
+"""What the looping test model repeats: longer than post-processing's loop detection looks."""
 
 
 def server_command(*args: str) -> list[str]:

@@ -7,12 +7,14 @@ import threading
 
 import pytest
 
+from engine.loader import LoadedModel
 from engine.pipeline import Snapshot
 from engine.session import InfillEngine
 from lsp.completer import CompletionOutcome, CompletionTask
-from lsp.loading import LoadedModel, ModelSpec
+from lsp.loading import ModelSpec, ServedModel
 from lsp.settings import Settings
 from lsp.worker import InferenceWorker
+from tests.lsp.helpers import LONG_SCRIPT
 from tests.lsp.scripted_model import scripted_model
 
 pytestmark = pytest.mark.asyncio
@@ -43,9 +45,10 @@ class GatedCompleter:
         return CompletionOutcome(cancelled=cancel.is_set(), raw=task.snapshot.text)
 
 
-def fake_loaded(spec: ModelSpec) -> LoadedModel:
-    return LoadedModel(engine=None, path="p", device="cpu", dtype="float32", quantization="none", parameters=1,
-                       load_s=0.0, spec=spec)  # fmt: skip
+def fake_loaded(spec: ModelSpec) -> ServedModel:
+    loaded = LoadedModel(engine=None, info=None, path="p", device="cpu", dtype="float32", quantization="none",
+                         parameters=1, load_s=0.0)  # fmt: skip
+    return ServedModel(loaded, spec, 0.0)
 
 
 async def started_worker(completer=None, loader=fake_loaded):
@@ -148,12 +151,12 @@ async def test_a_crashing_completion_costs_one_answer_not_the_worker():
 
 
 async def test_cancellation_stops_a_real_generation_within_a_step(tokenizer):
-    model = scripted_model(tokenizer, "return a + b", loop=True)  # never stops by itself
+    model = scripted_model(tokenizer, LONG_SCRIPT, loop=True)  # never stops by itself
 
     def load(spec):
-        loaded = fake_loaded(spec)
-        loaded.engine = InfillEngine(model, tokenizer, max_seq_len=4096)
-        return loaded
+        served = fake_loaded(spec)
+        served.loaded.engine = InfillEngine(model, tokenizer, max_seq_len=4096)
+        return served
 
     worker, _, stats = await started_worker(loader=load)
     future = asyncio.get_running_loop().create_future()

@@ -10,11 +10,10 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from engine.checkpoints import CheckpointError, load_model
-from engine.defaults import default_model_path
+from engine.checkpoints import CheckpointError
+from engine.loader import load_engine
 from engine.options import add_model_arguments
 from engine.quantize import QuantizationError
-from engine.session import InfillEngine
 from engine.tokenizer import TokenizerError
 from training.evaluation.completers import (
     BASELINES,
@@ -107,25 +106,20 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 def load_completer(args: argparse.Namespace) -> tuple[Completer, dict]:
     if args.baseline:
         return BaselineCompleter(args.baseline), {"baseline": args.baseline}
-    path = Path(args.model) if args.model else default_model_path()
-    started = time.perf_counter()
-    model, tokenizer, info = load_model(path, args.device, args.dtype, args.quantize)
-    engine = InfillEngine(model, tokenizer, max_seq_len=min(info.args.max_seq_len, MAX_CACHE_TOKENS), cache_slots=1)
-    weight = model.model.embed_tokens.weight
+    loaded = load_engine(
+        args.model, args.device, args.dtype, args.quantize, max_seq_len=MAX_CACHE_TOKENS, cache_slots=1
+    )
     details = {
-        "model": str(path),
-        "checkpoint_format": info.format,
-        "parameters": model.num_parameters(),
-        "device": str(weight.device),
-        "dtype": str(weight.dtype).removeprefix("torch."),
-        "quantize": info.quantization if info.quantization != "none" else args.quantize,
+        "model": loaded.path,
+        "checkpoint_format": loaded.info.format,
+        "parameters": loaded.parameters,
+        "device": loaded.device,
+        "dtype": loaded.dtype,
+        "quantize": loaded.quantization,
         "token_healing": args.token_healing,
     }
-    print(
-        f"loaded {info.format} checkpoint {path} ({details['parameters'] / 1e6:.1f}M parameters) on "
-        f"{details['device']} in {time.perf_counter() - started:.1f} s",
-        file=sys.stderr,
-    )
+    print(f"loaded {loaded.describe()}", file=sys.stderr)
+    engine = loaded.engine
     return ModelCompleter(engine, args.token_healing), details
 
 

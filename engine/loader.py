@@ -1,0 +1,75 @@
+"""The one way to get a ready engine: checkpoint folder (or the shipped model) + device,
+dtype, quantization -> an InfillEngine with its KV cache, and what it cost.
+
+Used by the server (lsp/loading.py), `codellama-lsp complete` / `check` / `convert`,
+`codellama-train eval` and the benchmarks, so they all load a model the same way.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from engine.checkpoints import CheckpointInfo, load_model
+from engine.defaults import default_model_path
+from engine.session import InfillEngine
+
+DEFAULT_CACHE_TOKENS = 4096
+"""KV-cache positions when the caller does not say (never more than the model was trained on)."""
+
+
+@dataclass
+class LoadedModel:
+    engine: InfillEngine
+    info: CheckpointInfo
+    path: str
+    device: str
+    dtype: str
+    quantization: str
+    parameters: int
+    load_s: float
+
+    def describe(self) -> str:
+        return (
+            f"{self.path} ({self.parameters / 1e6:.1f}M parameters, {self.info.format} format) on {self.device} "
+            f"as {self.dtype}, quantization {self.quantization}, loaded in {self.load_s:.2f} s"
+        )
+
+
+def model_path(model: str | Path | None) -> Path:
+    """The folder to load: the one named, or the shipped default."""
+    return Path(model).expanduser() if model else default_model_path()
+
+
+def load_engine(
+    model: str | Path | None = None,
+    device: str = "auto",
+    dtype: str = "auto",
+    quantize: str = "none",
+    *,
+    max_seq_len: int = DEFAULT_CACHE_TOKENS,
+    cache_slots: int = 2,
+    threads: int | None = None,
+) -> LoadedModel:
+    """Load weights and tokenizer and allocate the KV cache; raises the engine's errors
+    (CheckpointError, QuantizationError, TokenizerError) with the file and the problem."""
+    started = time.perf_counter()
+    if threads:
+        torch.set_num_threads(threads)
+    path = model_path(model)
+    module, tokenizer, info = load_model(path, device, dtype, quantize)
+    cache = max(64, min(max_seq_len, info.args.max_seq_len))  # positions past training are out of distribution
+    engine = InfillEngine(module, tokenizer, max_seq_len=cache, cache_slots=cache_slots)
+    return LoadedModel(
+        engine=engine,
+        info=info,
+        path=str(path),
+        device=str(engine.device),
+        dtype=str(engine.dtype).removeprefix("torch."),
+        quantization=info.quantization if info.quantization != "none" else quantize,
+        parameters=module.num_parameters(),
+        load_s=time.perf_counter() - started,
+    )
