@@ -26,9 +26,10 @@ from pathlib import Path
 
 import torch
 
-from engine.checkpoints import hf_config, load_model, save_checkpoint
+from engine.checkpoints import hf_config, save_checkpoint
 from engine.defaults import default_model_path
 from engine.generate import SamplingParams
+from engine.loader import load_engine
 from engine.machine import describe_machine
 from engine.model import MODEL_CONFIGS, Transformer
 from engine.prompts import build_infill_prompt
@@ -143,9 +144,11 @@ def rss_mb() -> float:
 def quant_worker(model_path: str, dtype: str, quantize: str, new_tokens: int) -> dict:
     """Runs in its own process: load, measure memory, prefill and decode."""
     started = time.perf_counter()
-    model, tokenizer, _ = load_model(model_path, "cpu", dtype, quantize)
+    engine = load_engine(
+        model_path, "cpu", dtype, quantize, max_seq_len=1024, cache_slots=1, past_trained_length=True
+    ).engine
     load_s = time.perf_counter() - started
-    engine = InfillEngine(model, tokenizer, max_seq_len=1024, cache_slots=1)
+    tokenizer = engine.tokenizer
     prefix, suffix = source_around_function_end(tokenizer, 400, 100)
     engine.complete(prefix, suffix, params=SamplingParams(max_new_tokens=2))  # warm-up
     engine.reset_cache()
@@ -242,8 +245,8 @@ def main() -> None:
     torch.manual_seed(0)
     with tempfile.TemporaryDirectory() as workdir:
         path = build_benchmark_model(args, Path(workdir))
-        model, tokenizer, _ = load_model(path, "cpu", args.dtype)
-        engine = InfillEngine(model, tokenizer, max_seq_len=4096, cache_slots=1)
+        engine = load_engine(path, "cpu", args.dtype, max_seq_len=4096, cache_slots=1, past_trained_length=True).engine
+        model, tokenizer = engine.model, engine.tokenizer
         name = path.name if args.model else args.config
         print(f"model {name}: {model.num_parameters() / 1e6:.0f}M parameters, {engine.dtype}, ", end="")
         print(f"{torch.get_num_threads()} threads, {time.strftime('%Y-%m-%d')}")

@@ -53,15 +53,20 @@ def load_engine(
     max_seq_len: int = DEFAULT_CACHE_TOKENS,
     cache_slots: int = 2,
     threads: int | None = None,
+    past_trained_length: bool = False,
 ) -> LoadedModel:
     """Load weights and tokenizer and allocate the KV cache; raises the engine's errors
-    (CheckpointError, QuantizationError, TokenizerError) with the file and the problem."""
+    (CheckpointError, QuantizationError, TokenizerError) with the file and the problem.
+
+    The cache never holds more positions than the model was trained on, unless
+    past_trained_length (speed benchmarks, which measure long prompts on small models)."""
     started = time.perf_counter()
     if threads:
         torch.set_num_threads(threads)
     path = model_path(model)
     module, tokenizer, info = load_model(path, device, dtype, quantize)
-    cache = max(64, min(max_seq_len, info.args.max_seq_len))  # positions past training are out of distribution
+    # Positions past the trained length are out of the model's distribution.
+    cache = max_seq_len if past_trained_length else max(64, min(max_seq_len, info.args.max_seq_len))
     engine = InfillEngine(module, tokenizer, max_seq_len=cache, cache_slots=cache_slots)
     return LoadedModel(
         engine=engine,
