@@ -109,7 +109,7 @@ def save_training_checkpoint(
     final = folder / f"step-{step:08d}"
     staging = folder / f".step-{step:08d}.tmp"
     options = StateDictOptions(full_state_dict=True, cpu_offload=True, ignore_frozen_params=True)
-    weights = get_model_state_dict(model, options=options)
+    weights = trainable_state(model)
     optim = get_optimizer_state_dict(model, optimizer, options=options)
     if is_main(rank):
         shutil.rmtree(staging, ignore_errors=True)

@@ -113,210 +113,270 @@ def missing_dependencies() -> list[str]:
     ]
 
 
-def train(config: FitConfig, on_step: Callable[[int, dict], None] | None = None) -> dict:
-    """Run (or resume) training to config.train.max_steps; return the last logged metrics.
+class FitRecipe:
+    """One training run, as torchtune writes recipes: `setup` (data, model, optimizer, the
+    checkpoint to resume), then `run`'s visible loop of `train_step`, `evaluate` and `save`.
 
     `on_step(step, metrics)` is called after every optimizer step (tests use it).
     """
-    t, d = config.train, config.data
-    topo, device = init_distributed(t.device)
-    threads = t.num_threads or max(1, (os.cpu_count() or 1) // topo.local_world_size)
-    torch.set_num_threads(threads)
-    run_dir = Path(config.output.dir)
-    say = tqdm.write if topo.main else (lambda *_: None)
 
-    missing = missing_dependencies() if topo.main else []
-    if missing:  # found now, not after an hour of training at the first checkpoint
-        raise TrainingError("; ".join(missing))
+    def __init__(self, config: FitConfig, on_step: Callable[[int, dict], None] | None = None) -> None:
+        self.config, self.on_step = config, on_step
+        self.run_dir = Path(config.output.dir)
+        self.step, self.tokens_seen = 0, 0
+        self.log: CsvLog | None = None
 
-    # ---- data: the corpus text (tokenized and FIM-transformed per epoch by TrainBatches) ----
-    manifest = read_manifest(d.dir)
-    texts = split_documents(read_texts(d.dir, "train"), d.max_document_chars)
-    valid_texts = read_texts(d.dir, "valid")
-    if not texts:
-        raise CorpusError(f"{d.dir}: the corpus has no training documents")
+    # ---- setup ----
 
-    # ---- model, and the checkpoint to resume from ----
-    model, core, tok, tokenizer_path = build_model(config, device)
-    tied_keys = ("lm_head.weight",) if core.args.tie_embeddings else ()
-    resume_from = ckpt.resumable_checkpoint(run_dir, say) if config.output.resume else None
-    state: dict = {}
-    if resume_from is not None:
-        state = ckpt.read_trainer_state(resume_from)
-        for note in check_resume_matches(state["config"], config, resume_from):
-            say(f"note: {note}")
-        if state.get("corpus_fingerprint") != manifest.get("fingerprint"):
-            raise ckpt.ResumeError(f"{resume_from}: the corpus in {d.dir} changed since this run started")
-        ckpt.load_trainable(resume_from, model, tied_keys)
-    if topo.distributed:
-        if t.method == "qlora":
-            raise ConfigError("train.method: qlora runs on one GPU; use lora (or full) with torchrun/FSDP")
-        shard_model(core, device, topo.world_size)
-    forward_model = torch.compile(model) if t.compile else model
+    def setup(self) -> None:
+        t = self.config.train
+        self.topo, self.device = init_distributed(t.device)
+        self.threads = t.num_threads or max(1, (os.cpu_count() or 1) // self.topo.local_world_size)
+        torch.set_num_threads(self.threads)
+        self.say = tqdm.write if self.topo.main else (lambda *_: None)
+        missing = missing_dependencies() if self.topo.main else []
+        if missing:  # found now, not after an hour of training at the first checkpoint
+            raise TrainingError("; ".join(missing))
+        self.setup_data()
+        resumed = self.setup_model()
+        self.setup_optimizer(resumed)
+        self.setup_evaluation()
+        self.setup_log(resumed is not None)
 
-    optimizer = torch.optim.AdamW(
-        param_groups(model, t.weight_decay),
-        lr=t.lr,
-        betas=t.betas,
-        eps=t.eps,
-        fused=(device.type == "cuda" and not topo.distributed) or None,  # FSDP's sharded params: foreach
-    )
-    warmup = config.warmup()
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, partial(lr_factor, warmup=warmup, max_steps=t.max_steps, min_ratio=t.min_lr_ratio)
-    )
-    step, tokens_seen, position = 0, 0, DataPosition()
-    if resume_from is not None:
-        ckpt.load_optimizer(resume_from, model, optimizer)
-        scheduler.load_state_dict(state["scheduler"])
-        ckpt.load_rng(resume_from, topo.rank)
-        step, tokens_seen = state["step"], state["tokens_seen"]
-        position = DataPosition(**state["data_position"])
-        say(f"resumed {resume_from} at step {step} (epoch {position.epoch}, row {position.row})")
-        if state["world_size"] != topo.world_size:
-            say(f"note: saved with {state['world_size']} processes, resumed with {topo.world_size}: not bit-exact")
-    batches = TrainBatches(
-        tok, texts, d.seq_len, d.seed, d.fim_rate, d.spm_rate, t.micro_batch_size, topo.rank, topo.world_size,
-        position=position, log=say,
-    )  # fmt: skip
+    def setup_data(self) -> None:
+        """The corpus text (tokenized and FIM-transformed per epoch by TrainBatches)."""
+        d = self.config.data
+        self.manifest = read_manifest(d.dir)
+        self.texts = split_documents(read_texts(d.dir, "train"), d.max_document_chars)
+        self.valid_texts = read_texts(d.dir, "valid")
+        if not self.texts:
+            raise CorpusError(f"{d.dir}: the corpus has no training documents")
 
-    # ---- held-out data: the first rows of the packed valid split, and line-infilling tasks ----
-    eval_batches: list[torch.Tensor] = []
-    if valid_texts and config.eval.batches:
-        valid_pieces = split_documents(valid_texts, d.max_document_chars)
-        valid_stream, _ = pack_epoch(tok, valid_pieces, d.seq_len, d.seed, 0, d.fim_rate, d.spm_rate, shuffle=False)
-        # The same number of batches on every rank: under FSDP each forward is a collective.
-        rounds = min(config.eval.batches, num_rows(valid_stream, d.seq_len) // (topo.world_size * t.micro_batch_size))
-        for b in range(rounds):
-            first = (b * topo.world_size + topo.rank) * t.micro_batch_size
-            eval_batches.append(rows_tensor(valid_stream, d.seq_len, first, t.micro_batch_size).to(device))
-    tasks = line_infill_tasks(valid_texts, config.eval.fim_examples, config.eval.fim_context_chars, d.seed)
-    if not valid_texts:
-        say("note: the corpus has no held-out documents: no held-out loss or FIM exact-match")
+    def setup_model(self) -> Path | None:
+        """The model (base checkpoint or fresh), its trained tensors from the checkpoint to resume, FSDP."""
+        config, t = self.config, self.config.train
+        self.model, self.core, self.tok, self.tokenizer_path = build_model(config, self.device)
+        self.tied_keys = ("lm_head.weight",) if self.core.args.tie_embeddings else ()
+        resume_from = ckpt.resumable_checkpoint(self.run_dir, self.say) if config.output.resume else None
+        self.resume_state: dict = {}
+        if resume_from is not None:
+            self.resume_state = ckpt.read_trainer_state(resume_from)
+            for note in check_resume_matches(self.resume_state["config"], config, resume_from):
+                self.say(f"note: {note}")
+            if self.resume_state.get("corpus_fingerprint") != self.manifest.get("fingerprint"):
+                raise ckpt.ResumeError(f"{resume_from}: the corpus in {config.data.dir} changed since this run started")
+            ckpt.load_trainable(resume_from, self.model, self.tied_keys)
+        if self.topo.distributed:
+            if t.method == "qlora":
+                raise ConfigError("train.method: qlora runs on one GPU; use lora (or full) with torchrun/FSDP")
+            shard_model(self.core, self.device, self.topo.world_size)
+        self.forward_model = torch.compile(self.model) if t.compile else self.model
+        return resume_from
 
-    use_bf16 = t.precision == "bf16" or (t.precision == "auto" and device.type == "cuda")
-    autocast = partial(torch.autocast, device.type, dtype=torch.bfloat16) if use_bf16 else contextlib.nullcontext
-    tokens_per_step = t.micro_batch_size * d.seq_len * t.grad_accum * topo.world_size
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    say(
-        f"{t.method} training of {sum(p.numel() for p in core.parameters()) / 1e6:.1f}M parameters "
-        f"({trainable / 1e6:.2f}M trainable) on {device} x{topo.world_size}, {threads} threads; "
-        f"{tokens_per_step:,} tokens/step, warm-up {warmup} of {t.max_steps} steps"
-    )
+    def setup_optimizer(self, resume_from: Path | None) -> None:
+        """AdamW on a warm-up + cosine schedule; on resume its state, the schedule, the data position, the RNG."""
+        t, d = self.config.train, self.config.data
+        self.optimizer = torch.optim.AdamW(
+            param_groups(self.model, t.weight_decay),
+            lr=t.lr,
+            betas=t.betas,
+            eps=t.eps,
+            # FSDP's sharded params: foreach.
+            fused=(self.device.type == "cuda" and not self.topo.distributed) or None,
+        )
+        self.warmup = self.config.warmup()
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, partial(lr_factor, warmup=self.warmup, max_steps=t.max_steps, min_ratio=t.min_lr_ratio)
+        )
+        position = DataPosition()
+        if resume_from is not None:
+            state = self.resume_state
+            ckpt.load_optimizer(resume_from, self.model, self.optimizer)
+            self.scheduler.load_state_dict(state["scheduler"])
+            ckpt.load_rng(resume_from, self.topo.rank)
+            self.step, self.tokens_seen = state["step"], state["tokens_seen"]
+            position = DataPosition(**state["data_position"])
+            self.say(f"resumed {resume_from} at step {self.step} (epoch {position.epoch}, row {position.row})")
+            if state["world_size"] != self.topo.world_size:
+                self.say(
+                    f"note: saved with {state['world_size']} processes, resumed with {self.topo.world_size}: "
+                    "not bit-exact"
+                )
+        self.batches = TrainBatches(
+            self.tok, self.texts, d.seq_len, d.seed, d.fim_rate, d.spm_rate, t.micro_batch_size, self.topo.rank,
+            self.topo.world_size, position=position, log=self.say,
+        )  # fmt: skip
 
-    log = None
-    if topo.main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        config_text = json.dumps(config.to_dict(), indent=2)
-        (run_dir / "config.json").write_text(config_text + "\n", encoding="utf-8")
-        log = CsvLog(run_dir / "log.csv", resume_step=step if resume_from is not None else None)
+    def setup_evaluation(self) -> None:
+        """Held-out data: the first rows of the packed valid split, and line-infilling tasks."""
+        config, t, d = self.config, self.config.train, self.config.data
+        self.eval_batches: list[torch.Tensor] = []
+        if self.valid_texts and config.eval.batches:
+            pieces = split_documents(self.valid_texts, d.max_document_chars)
+            stream, _ = pack_epoch(self.tok, pieces, d.seq_len, d.seed, 0, d.fim_rate, d.spm_rate, shuffle=False)
+            # The same number of batches on every rank: under FSDP each forward is a collective.
+            world = self.topo.world_size
+            rounds = min(config.eval.batches, num_rows(stream, d.seq_len) // (world * t.micro_batch_size))
+            for b in range(rounds):
+                first = (b * world + self.topo.rank) * t.micro_batch_size
+                self.eval_batches.append(rows_tensor(stream, d.seq_len, first, t.micro_batch_size).to(self.device))
+        self.tasks = line_infill_tasks(
+            self.valid_texts, config.eval.fim_examples, config.eval.fim_context_chars, d.seed
+        )
+        if not self.valid_texts:
+            self.say("note: the corpus has no held-out documents: no held-out loss or FIM exact-match")
+        use_bf16 = t.precision == "bf16" or (t.precision == "auto" and self.device.type == "cuda")
+        self.autocast = (
+            partial(torch.autocast, self.device.type, dtype=torch.bfloat16) if use_bf16 else contextlib.nullcontext
+        )
+        self.tokens_per_step = t.micro_batch_size * d.seq_len * t.grad_accum * self.topo.world_size
 
-    def evaluate() -> dict:
+    def setup_log(self, resumed: bool) -> None:
+        t = self.config.train
+        trainable = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
+        self.say(
+            f"{t.method} training of {sum(p.numel() for p in self.core.parameters()) / 1e6:.1f}M parameters "
+            f"({trainable / 1e6:.2f}M trainable) on {self.device} x{self.topo.world_size}, {self.threads} threads; "
+            f"{self.tokens_per_step:,} tokens/step, warm-up {self.warmup} of {t.max_steps} steps"
+        )
+        if self.topo.main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            config_text = json.dumps(self.config.to_dict(), indent=2)
+            (self.run_dir / "config.json").write_text(config_text + "\n", encoding="utf-8")
+            self.log = CsvLog(self.run_dir / "log.csv", resume_step=self.step if resumed else None)
+
+    # ---- the three things a step does ----
+
+    def train_step(self) -> dict:
+        """One optimizer step: accumulate micro-batches, clip, step AdamW and the schedule."""
+        t = self.config.train
+        step_start = time.perf_counter()
+        loss_sum = torch.zeros((), device=self.device)
+        try:
+            for micro in range(t.grad_accum):
+                rows = self.batches.next().to(self.device, non_blocking=True)  # (B, seq_len + 1)
+                if self.topo.distributed:
+                    set_gradient_sync(self.core, micro == t.grad_accum - 1)
+                with self.autocast():
+                    loss = causal_lm_loss(self.forward_model, rows) / t.grad_accum
+                loss.backward()
+                loss_sum += loss.detach()
+            params = [p for p in self.model.parameters() if p.requires_grad]
+            max_norm = t.grad_clip if t.grad_clip > 0 else float("inf")
+            grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
+            self.optimizer.step()
+        except Exception as e:
+            if is_out_of_memory(e):
+                raise TrainingError(out_of_memory_advice(self.config, self.device)) from e
+            raise
+        lr = self.scheduler.get_last_lr()[0]
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.step += 1
+        self.tokens_seen += self.tokens_per_step
+        loss_value = float(all_reduce_mean(loss_sum))  # one host sync per optimizer step
+        if hasattr(grad_norm, "full_tensor"):
+            grad_norm = grad_norm.full_tensor()
+        if not math.isfinite(loss_value):
+            raise TrainingError(
+                f"the loss became {loss_value} at step {self.step}: lower train.lr (now {t.lr}) or check the data; "
+                f"the last good checkpoint is in {self.run_dir / ckpt.CHECKPOINTS}"
+            )
+        return {
+            "step": self.step,
+            "epoch": self.batches.position.epoch,
+            "tokens": self.tokens_seen,
+            "loss": loss_value,
+            "lr": lr,
+            "grad_norm": float(grad_norm),
+            "tokens_per_s": self.tokens_per_step / (time.perf_counter() - step_start),
+        }
+
+    def evaluate(self) -> dict:
+        """Held-out loss, and FIM exact match of what the editor would show (engine.pipeline)."""
         out = {}
-        if eval_batches:
-            out["val_loss"] = heldout_loss(forward_model, eval_batches, autocast)
-        if tasks:
+        if self.eval_batches:
+            out["val_loss"] = heldout_loss(self.forward_model, self.eval_batches, self.autocast)
+        if self.tasks:
+            e, d = self.config.eval, self.config.data
             out["fim_exact_match"] = fim_exact_match(
-                core, tok, tasks, config.eval.fim_max_new_tokens, max(d.seq_len, 256)
+                self.core, self.tok, self.tasks, e.fim_max_new_tokens, max(d.seq_len, 256)
             )
         return out
 
-    def save(metrics: dict) -> None:
+    def save(self, metrics: dict) -> None:
+        """A checkpoint of everything resuming needs (written atomically, with checksums), and the loss curve."""
         trainer_state = {
-            "step": step,
-            "tokens_seen": tokens_seen,
-            "data_position": {"epoch": batches.position.epoch, "row": batches.position.row},
-            "scheduler": scheduler.state_dict(),
-            "world_size": topo.world_size,
-            "corpus_fingerprint": manifest.get("fingerprint"),
-            "tokenizer": tokenizer_path,
-            "model_args": core.args.to_dict(),
+            "step": self.step,
+            "tokens_seen": self.tokens_seen,
+            "data_position": {"epoch": self.batches.position.epoch, "row": self.batches.position.row},
+            "scheduler": self.scheduler.state_dict(),
+            "world_size": self.topo.world_size,
+            "corpus_fingerprint": self.manifest.get("fingerprint"),
+            "tokenizer": self.tokenizer_path,
+            "model_args": self.core.args.to_dict(),
             "metrics": metrics,
-            "config": config.to_dict(),
+            "config": self.config.to_dict(),
         }
         ckpt.save_training_checkpoint(
-            run_dir, step, model, optimizer, trainer_state, topo.rank, config.output.keep, tied_keys
-        )
-        if topo.main:
-            plot_loss(run_dir / "log.csv", run_dir / "loss.png", title=f"{run_dir.name}: {t.method}")
+            self.run_dir, self.step, self.model, self.optimizer, trainer_state, self.topo.rank,
+            self.config.output.keep, self.tied_keys,
+        )  # fmt: skip
+        if self.topo.main:
+            title = f"{self.run_dir.name}: {self.config.train.method}"
+            plot_loss(self.run_dir / "log.csv", self.run_dir / "loss.png", title=title)
 
-    progress = tqdm(
-        total=t.max_steps, initial=step, disable=not (topo.main and config.output.progress), unit="step",
-        dynamic_ncols=True, file=sys.stderr,
-    )  # fmt: skip
-    metrics: dict = {}
-    recent_losses: list[float] = []
-    started = time.perf_counter()
-    model.train()
-    try:
-        while step < t.max_steps:
-            step_start = time.perf_counter()
-            loss_sum = torch.zeros((), device=device)
-            try:
-                for micro in range(t.grad_accum):
-                    rows = batches.next().to(device, non_blocking=True)  # (B, seq_len + 1)
-                    if topo.distributed:
-                        set_gradient_sync(core, micro == t.grad_accum - 1)
-                    with autocast():
-                        loss = causal_lm_loss(forward_model, rows) / t.grad_accum
-                    loss.backward()
-                    loss_sum += loss.detach()
-                params = [p for p in model.parameters() if p.requires_grad]
-                max_norm = t.grad_clip if t.grad_clip > 0 else float("inf")
-                grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
-                optimizer.step()
-            except Exception as e:
-                if is_out_of_memory(e):
-                    raise TrainingError(out_of_memory_advice(config, device)) from e
-                raise
-            lr = scheduler.get_last_lr()[0]
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            step += 1
-            tokens_seen += tokens_per_step
-            loss_value = float(all_reduce_mean(loss_sum))  # one host sync per optimizer step
-            if hasattr(grad_norm, "full_tensor"):
-                grad_norm = grad_norm.full_tensor()
-            elapsed = time.perf_counter() - step_start
-            metrics = {
-                "step": step,
-                "epoch": batches.position.epoch,
-                "tokens": tokens_seen,
-                "loss": loss_value,
-                "lr": lr,
-                "grad_norm": float(grad_norm),
-                "tokens_per_s": tokens_per_step / elapsed,
-                "elapsed_s": time.perf_counter() - started,
-            }
-            if not math.isfinite(loss_value):
-                raise TrainingError(
-                    f"the loss became {loss_value} at step {step}: lower train.lr (now {t.lr}) or check the data; "
-                    f"the last good checkpoint is in {run_dir / ckpt.CHECKPOINTS}"
+    # ---- the loop ----
+
+    def run(self) -> dict:
+        """Train to config.train.max_steps; return the last logged metrics."""
+        self.setup()
+        config, t = self.config, self.config.train
+        progress = tqdm(
+            total=t.max_steps, initial=self.step, disable=not (self.topo.main and config.output.progress),
+            unit="step", dynamic_ncols=True, file=sys.stderr,
+        )  # fmt: skip
+        metrics: dict = {}
+        recent_losses: list[float] = []
+        started = time.perf_counter()
+        self.model.train()
+        try:
+            while self.step < t.max_steps:
+                metrics = self.train_step() | {"elapsed_s": time.perf_counter() - started}
+                progress.update(1)
+                progress.set_postfix(
+                    loss=f"{metrics['loss']:.3f}", tok_s=f"{metrics['tokens_per_s']:,.0f}", lr=f"{metrics['lr']:.2e}"
                 )
-            progress.update(1)
-            progress.set_postfix(loss=f"{loss_value:.3f}", tok_s=f"{metrics['tokens_per_s']:,.0f}", lr=f"{lr:.2e}")
-            evaluating = step == t.max_steps or (config.eval.every and step % config.eval.every == 0)
-            if evaluating:
-                metrics.update(evaluate())
-                say(
-                    f"step {step}: loss {loss_value:.4f}, held-out loss {metrics.get('val_loss', float('nan')):.4f}, "
-                    f"FIM exact-match {metrics.get('fim_exact_match', float('nan')):.1%}"
-                )
-            recent_losses.append(loss_value)
-            if evaluating or step % config.output.log_every == 0:
-                # The CSV row's loss is the mean since the previous row: a readable curve at any log_every.
-                if log is not None:
-                    log.write({**metrics, "loss": sum(recent_losses) / len(recent_losses)})
-                recent_losses.clear()
-            if step % config.output.save_every == 0 or step == t.max_steps:
-                save(metrics)
-            if on_step is not None:
-                on_step(step, metrics)
-    finally:
-        progress.close()
-    if topo.main:
-        say(f"done: {step} steps, {tokens_seen:,} tokens; checkpoints in {run_dir / ckpt.CHECKPOINTS}")
-    return metrics
+                step = self.step
+                evaluating = step == t.max_steps or (config.eval.every and step % config.eval.every == 0)
+                if evaluating:
+                    metrics.update(self.evaluate())
+                    self.say(
+                        f"step {step}: loss {metrics['loss']:.4f}, held-out loss "
+                        f"{metrics.get('val_loss', float('nan')):.4f}, "
+                        f"FIM exact-match {metrics.get('fim_exact_match', float('nan')):.1%}"
+                    )
+                recent_losses.append(metrics["loss"])
+                if evaluating or step % config.output.log_every == 0:
+                    # The CSV row's loss is the mean since the previous row: a readable curve at any log_every.
+                    if self.log is not None:
+                        self.log.write({**metrics, "loss": sum(recent_losses) / len(recent_losses)})
+                    recent_losses.clear()
+                if step % config.output.save_every == 0 or step == t.max_steps:
+                    self.save(metrics)
+                if self.on_step is not None:
+                    self.on_step(step, metrics)
+        finally:
+            progress.close()
+        if self.topo.main:
+            where = self.run_dir / ckpt.CHECKPOINTS
+            self.say(f"done: {self.step} steps, {self.tokens_seen:,} tokens; checkpoints in {where}")
+        return metrics
+
+
+def train(config: FitConfig, on_step: Callable[[int, dict], None] | None = None) -> dict:
+    """Run (or resume) training to config.train.max_steps; return the last logged metrics."""
+    return FitRecipe(config, on_step).run()
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:

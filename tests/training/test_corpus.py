@@ -11,7 +11,6 @@ from pathlib import Path
 import pytest
 
 from training.corpus import (
-    CorpusError,
     NpmPackage,
     PypiPackage,
     build_corpus,
@@ -20,6 +19,7 @@ from training.corpus import (
     pypi_licence,
 )
 from training.evaluation.humaneval import load_tasks
+from training.sources import SourceError
 
 CLEAN = "import os\n\n\ndef join(*parts):\n    return os.path.join(*parts)\n"
 
@@ -166,7 +166,7 @@ def test_manifest_records_licences_from_package_metadata(sources, tmp_path):
 
 def test_offline_build_names_a_missing_archive(sources, tmp_path):
     _, downloads = sources
-    with pytest.raises(CorpusError, match=r"absent==9\.9: no pure-Python wheel"):
+    with pytest.raises(SourceError, match=r"absent==9\.9: no pure-Python wheel"):
         build_corpus(tmp_path / "out", None, (PypiPackage("absent", "9.9"),), (), downloads, offline=True)
 
 

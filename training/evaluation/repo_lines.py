@@ -20,20 +20,17 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from engine.context import ContextSource
+from training.filters import FilterOptions, decode_source, language_of
+from training.sources import SourceError
 
-SOURCE_EXTENSIONS = frozenset(
-    {".py", ".pyi", ".js", ".jsx", ".mjs", ".cjs", ".ts", ".tsx", ".go", ".rs", ".java", ".kt", ".c", ".h", ".cc"}
-    | {".cpp", ".hpp", ".cs", ".rb", ".php", ".swift", ".scala", ".lua", ".sh"}
-)
-MAX_FILE_BYTES = 1 << 20
-# Longer lines mean minified or generated code, which says little about completion quality.
-MAX_LINE_CHARS = 1000
+FILTERS = FilterOptions(max_bytes=1 << 20)
+"""training.filters' code languages and limits (a line over 1,000 characters: minified or generated)."""
 NEIGHBOUR_CHARS = 64 * 1024
 """Characters of a neighbouring file kept as context (as an open document, cut)."""
 
 
-class RepoError(ValueError):
-    """The repository cannot be used; the message names it and why."""
+RepoError = SourceError
+"""The repository cannot be used (the one error type of the training tools' sources)."""
 
 
 @dataclass(frozen=True)
@@ -52,8 +49,8 @@ class LineTask:
         return self.prefix + self.suffix
 
 
-def tracked_source_files(repo: Path, extensions: frozenset[str] = SOURCE_EXTENSIONS) -> list[Path]:
-    """Git-tracked files with a source extension, relative to the repository root, sorted."""
+def tracked_source_files(repo: Path, options: FilterOptions = FILTERS) -> list[Path]:
+    """Git-tracked files of a code language, relative to the repository root, sorted."""
     if not repo.is_dir():
         raise RepoError(f"{repo}: not a directory")
     try:
@@ -66,24 +63,19 @@ def tracked_source_files(repo: Path, extensions: frozenset[str] = SOURCE_EXTENSI
         message = e.stderr.decode(errors="replace").strip()
         raise RepoError(f"{repo}: not a git repository ({message})") from e
     paths = [Path(p) for p in listing.decode("utf-8", errors="surrogateescape").split("\0") if p]
-    return sorted(p for p in paths if p.suffix in extensions)
+    return sorted(p for p in paths if language_of(p.as_posix(), options))
 
 
-def read_source(path: Path) -> str | None:
-    """The file's text, or None for files that are not plain, reasonable source."""
+def read_source(path: Path, options: FilterOptions = FILTERS) -> str | None:
+    """The file's text, or None for files that are not plain, reasonable source (training.filters)."""
     try:
-        if not path.is_file() or path.stat().st_size > MAX_FILE_BYTES:
+        if not path.is_file() or path.stat().st_size > options.max_bytes:
             return None
         data = path.read_bytes()
     except OSError:
         return None
-    if b"\0" in data:
-        return None
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError:
-        return None
-    if any(len(line) > MAX_LINE_CHARS for line in text.splitlines()):
+    text, why = decode_source(data)
+    if why or any(len(line) > options.max_line_length for line in text.splitlines()):
         return None
     return text
 
