@@ -12,30 +12,15 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any
 
-from lsp.loading import ModelSpec, ServedModel
+from lsp.loading import ModelSpec
+from lsp.status import ModelState
 from lsp.worker import InferenceWorker, ModelEvent
 
 log = logging.getLogger(__name__)
 
 WORKER_STOP_S = 30.0
 """How long stop() waits for the inference thread to finish its decode step or prefill chunk."""
-
-
-@dataclass
-class ModelState:
-    """What every session's status reports about the model."""
-
-    state: str = "loading"
-    """"loading", "ready" or "error"."""
-    model: str = ""
-    device: str = ""
-    quantize: str = "none"
-    message: str | None = None
-    load_seconds: float | None = None
-    loaded: ServedModel | None = field(default=None, repr=False)
 
 
 class ModelHost:
@@ -111,13 +96,3 @@ class ModelHost:
             return True
         self.worker.stop()
         return self.worker.join(timeout)
-
-    def status_fields(self) -> dict[str, Any]:
-        m = self.model
-        return {
-            "model": m.model,
-            "device": m.device,
-            "quantize": m.quantize,
-            "loadSeconds": m.load_seconds,
-            "generating": self.generating,
-        }

@@ -231,7 +231,7 @@ class CodeLlamaServer(LanguageServer):
             self.show(types.MessageType.Warning, f"codellama-lsp settings: {problem}")
 
     def status_json(self) -> dict[str, Any]:
-        return self.status.to_json(generating=self.host.generating)
+        return self.status.to_json(generating=self.host.generating, model=self.host.model)
 
     def publish_status(self) -> None:
         self.protocol.notify(STATUS_NOTIFICATION, self.status_json())
@@ -239,8 +239,6 @@ class CodeLlamaServer(LanguageServer):
     def on_model_event(self, event: ModelEvent) -> None:
         """Runs on the event loop, after the host updated the shared model state."""
         m = self.host.model
-        self.status.model, self.status.device, self.status.quantize = m.model, m.device, m.quantize
-        self.status.message, self.status.load_seconds = m.message, m.load_seconds
         if event.state == "loading":
             self.spawn(self.report_load_progress(m.model))
         elif event.state == "ready":
@@ -292,9 +290,21 @@ class CodeLlamaServer(LanguageServer):
     async def complete(
         self, uri: str, position: types.Position, selected: types.SelectedCompletionInfo | None = None
     ) -> Answer | None:
-        """The completion at a position, or None (no model, disabled, bad position, nothing useful)."""
+        """The completion at a position, or None (no model, disabled, bad position, nothing useful):
+        typed-through when the user is typing into the last one, else a model call."""
         started = time.perf_counter()
         self.status.requests += 1
+        found = self.cursor_for(uri, position)
+        if found is None:
+            return None
+        doc, cursor = found
+        self.documents.touch(uri)
+        if selected is None and (answer := self.typed_through_answer(doc, cursor)) is not None:
+            return answer
+        return await self.model_answer(doc, cursor, selected, started)
+
+    def cursor_for(self, uri: str, position: types.Position) -> tuple[Document, Cursor] | None:
+        """The document and cursor a request names, when there is a model to ask."""
         doc = self.documents.get(uri)
         if doc is None:
             log.info("completion for a document that is not open: %s", uri)
@@ -302,18 +312,27 @@ class CodeLlamaServer(LanguageServer):
         if not self.settings.enable or self.model_state != "ready" or self.worker is None:
             return None
         try:
-            cursor = doc.cursor_at(position, self.encoding)
+            return doc, doc.cursor_at(position, self.encoding)
         except PositionError as e:
             log.info("%s", e)
             return None
-        self.documents.touch(uri)
-        if selected is None and (rest := self.typed_through.remainder(uri, doc.text, cursor.offset)) is not None:
-            self.status.typed_through += 1
-            rest, replace = trim_auto_closed(rest, cursor.line_after)
-            return self.answer(uri, doc.text, cursor, cursor.line_before, rest, cursor.offset + replace)
+
+    def typed_through_answer(self, doc: Document, cursor: Cursor) -> Answer | None:
+        """The rest of the completion on screen, when the user typed the start of it."""
+        rest = self.typed_through.remainder(doc.uri, doc.text, cursor.offset)
+        if rest is None:
+            return None
+        self.status.typed_through += 1
+        rest, replace = trim_auto_closed(rest, cursor.line_after)
+        return self.answer(doc.uri, doc.text, cursor, cursor.line_before, rest, cursor.offset + replace)
+
+    async def model_answer(
+        self, doc: Document, cursor: Cursor, selected: types.SelectedCompletionInfo | None, started: float
+    ) -> Answer | None:
+        """Ask the model (through the worker) and turn its edit into an answer."""
         text, offset, resume = self.as_if_accepted(doc, cursor, selected)
-        snapshot = Snapshot(text, offset, doc.language_id, self.context_sources(uri), known_line=position.line)
-        task = CompletionTask(uri, snapshot, self.settings, owner=self.session_id, started=started)
+        snapshot = Snapshot(text, offset, doc.language_id, self.context_sources(doc.uri), known_line=cursor.line)
+        task = CompletionTask(doc.uri, snapshot, self.settings, owner=self.session_id, started=started)
         # The answer's range is in the document as the request saw it: edits that arrive while
         # the model works must not shift it.
         requested_text = doc.text
@@ -324,9 +343,9 @@ class CodeLlamaServer(LanguageServer):
         if outcome.edit is None:
             return None
         if text is doc.text and task.settings is self.settings:  # not made with settings changed since
-            self.typed_through.remember(uri, text, offset, outcome.edit.text)
+            self.typed_through.remember(doc.uri, text, offset, outcome.edit.text)
         head = text[cursor.line_start : offset]
-        return self.answer(uri, requested_text, cursor, head, outcome.edit.text, resume + outcome.edit.replace)
+        return self.answer(doc.uri, requested_text, cursor, head, outcome.edit.text, resume + outcome.edit.replace)
 
     def as_if_accepted(
         self, doc: Document, cursor: Cursor, selected: types.SelectedCompletionInfo | None

@@ -31,14 +31,27 @@ def percentile(values: list[float], p: float) -> float | None:
 
 
 @dataclass
-class Status:
+class ModelState:
+    """What the process's model is doing (one per process: lsp.host.ModelHost keeps it)."""
+
     state: str = "loading"
-    """"loading", "ready", "error" or "disabled"."""
+    """"loading", "ready" or "error"."""
     model: str = ""
     device: str = ""
     quantize: str = "none"
     message: str | None = None
     """Why the state is what it is (the load error, or what was loaded)."""
+    load_seconds: float | None = None
+    loaded: Any = field(default=None, repr=False)
+    """lsp.loading.ServedModel while ready."""
+
+
+@dataclass
+class Status:
+    """One session's counters (its model fields come from the process's ModelState)."""
+
+    state: str = "loading"
+    """The model's state, or "disabled" when this session's settings turned completions off."""
     requests: int = 0
     """Completion requests received (inline and classic)."""
     served: int = 0
@@ -73,14 +86,15 @@ class Status:
         if stats.prompt_tokens and stats.reused_tokens * 2 >= stats.prompt_tokens:
             self.cache_hits += 1
 
-    def to_json(self, generating: bool = False) -> dict[str, Any]:
+    def to_json(self, generating: bool = False, model: ModelState | None = None) -> dict[str, Any]:
         latencies = list(self.latencies_ms)
+        model = model or ModelState()
         return {
             "state": self.state,
-            "model": self.model,
-            "device": self.device,
-            "quantize": self.quantize,
-            "message": self.message,
+            "model": model.model,
+            "device": model.device,
+            "quantize": model.quantize,
+            "message": model.message,
             "requests": self.requests,
             "served": self.served,
             "cancelled": self.cancelled,
@@ -92,7 +106,7 @@ class Status:
             "accepted": self.accepted,
             "empty": self.empty,
             "failed": self.failed,
-            "loadSeconds": self.load_seconds,
+            "loadSeconds": model.load_seconds,
             "generating": generating,
             "latencyMs": {
                 "last": latencies[-1] if latencies else None,
