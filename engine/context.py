@@ -20,6 +20,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from engine.tokenizer import Tokenizer
 from engine.window import CursorWindow, cursor_window
@@ -84,6 +85,17 @@ class PromptParts:
     window: CursorWindow
 
 
+def remembered(cache: OrderedDict, key: Any, make: Callable[[], Any], size: int) -> Any:
+    """cache[key], made on first use; the least recently used entry goes past `size`."""
+    if key in cache:
+        cache.move_to_end(key)
+    else:
+        cache[key] = make()
+        if len(cache) > size:
+            cache.popitem(last=False)
+    return cache[key]
+
+
 class TokenCounter:
     """Counts tokens by encoding, and keeps the ids of the last few texts: the window that
     fits its budget is then in the prompt without being encoded again."""
@@ -93,11 +105,7 @@ class TokenCounter:
         self._ids: OrderedDict[str, list[int]] = OrderedDict()
 
     def ids(self, text: str) -> list[int]:
-        if text not in self._ids:
-            self._ids[text] = self.encode(text)
-            if len(self._ids) > self.keep:
-                self._ids.popitem(last=False)
-        return self._ids[text]
+        return remembered(self._ids, text, lambda: self.encode(text), self.keep)
 
     def __call__(self, text: str) -> int:
         return len(self.ids(text))
@@ -183,35 +191,15 @@ class SnippetCache:
     def snippet(self, source: ContextSource, query: str) -> tuple[str, ...]:
         if not source.version:
             return best_snippet(source.text, query)
-        key = (source.version, query)
-        if key in self._snippets:
-            self._snippets.move_to_end(key)
-        else:
-            self._snippets[key] = best_snippet(source.text, query)
-            if len(self._snippets) > self.size:
-                self._snippets.popitem(last=False)
-        return self._snippets[key]
+        return remembered(self._snippets, (source.version, query), lambda: best_snippet(source.text, query), self.size)
 
     def cost(self, block: str, count: CountTokens) -> int:
-        if block in self._costs:
-            self._costs.move_to_end(block)
-        else:
-            self._costs[block] = count(block)
-            if len(self._costs) > self.size:
-                self._costs.popitem(last=False)
-        return self._costs[block]
+        return remembered(self._costs, block, lambda: count(block), self.size)
 
     def ids(self, block: str, encode: Callable[[str], list[int]], leading: bool) -> list[int]:
         """A block's token ids, encoded once (leading: the first part of a prompt's prefix,
         which gets SentencePiece's leading space)."""
-        key = (block, leading)
-        if key in self._ids:
-            self._ids.move_to_end(key)
-        else:
-            self._ids[key] = encode(block)
-            if len(self._ids) > self.size:
-                self._ids.popitem(last=False)
-        return self._ids[key]
+        return remembered(self._ids, (block, leading), lambda: encode(block), self.size)
 
 
 def context_comments(
