@@ -416,6 +416,12 @@ def initialize(ls: CodeLlamaServer, params: types.InitializeParams) -> None:
         options = options["codellama"]
     settings, problems = with_overrides(ls.base_settings, options)
     ls.settings, ls.pending_problems = settings, problems
+    text_capabilities = params.capabilities.text_document
+    has_inline = text_capabilities is not None and text_capabilities.inline_completion is not None
+    if has_inline and not settings.classic_completion:
+        # Offered both, VS Code cancels a slow inline request, opens its suggest widget with the
+        # classic item (a second model call) and Tab inserts the widget's item, not the ghost text.
+        ls.protocol.fm.features.pop(types.TEXT_DOCUMENT_COMPLETION, None)
 
 
 @handles(types.INITIALIZED)

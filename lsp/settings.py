@@ -37,6 +37,8 @@ class Settings(CompletionSettings):
     """Where the model runs: "auto" picks CUDA when available."""
     quantize: Quantization = "none"
     """Weight quantization applied at load time."""
+    classic_completion: bool = False
+    """Also offer textDocument/completion to a client that has inline completion (read at initialize)."""
 
 
 def camel_to_snake(name: str) -> str:

@@ -148,3 +148,19 @@ async def test_requests_after_shutdown_get_invalid_request_then_exit_ends_the_co
     await other.initialize()
     await still_serves(other, "after_exit")
     await other.close()
+
+
+@pytest.mark.parametrize("classic", [False, True])
+async def test_a_client_with_inline_completion_gets_only_inline_completion(server, classic):
+    """VS Code, offered both, lets a slow inline answer go for its suggest widget's classic item."""
+    conn = await RawConnection.tcp("127.0.0.1", server.port)
+    capabilities = {"textDocument": {"inlineCompletion": {"dynamicRegistration": False}}}
+    response = await conn.initialize({"classicCompletion": True} if classic else None, capabilities=capabilities)
+    advertised = response["result"]["capabilities"]
+    assert "inlineCompletionProvider" in advertised
+    assert ("completionProvider" in advertised) == classic
+    await conn.close()
+
+
+async def test_a_client_without_inline_completion_gets_classic_completion(conn):
+    assert "completionProvider" in conn.initialize_response["result"]["capabilities"]

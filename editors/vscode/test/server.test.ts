@@ -89,7 +89,9 @@ before(async () => {
   });
   const capabilities = result.capabilities;
   assert.ok(capabilities.inlineCompletionProvider, "no inlineCompletionProvider: VS Code would never ask for ghost text");
-  assert.ok(capabilities.completionProvider, "no completionProvider");
+  // Inline completion is VS Code's only path: with a completionProvider too, a slow inline answer
+  // makes VS Code open its suggest widget with the classic item, and Tab inserts that instead.
+  assert.equal(capabilities.completionProvider, undefined, "completionProvider offered beside inline completion");
   const executeCommand = capabilities.executeCommandProvider as { commands: string[] } | undefined;
   assert.ok(executeCommand?.commands.includes("codellama.accept"), "codellama.accept is not an advertised command");
   await connection.sendNotification("initialized", {});
@@ -155,18 +157,11 @@ test("inline completion: the item replaces the line up to the cursor with the li
   assert.equal(typeof afterAccept.latencyMs.last, "number");
 });
 
-test("completion: the same suggestion for clients without inline completion", async () => {
-  const inline = itemsOf(await inlineCompletion())[0];
-  const result = await connection.sendRequest<{ items: Record<string, unknown>[] } | Record<string, unknown>[]>(
-    "textDocument/completion",
-    { textDocument: { uri: URI }, position: CURSOR, context: { triggerKind: 1 } },
+test("completion: not served to a client that has inline completion", async () => {
+  await assert.rejects(
+    connection.sendRequest("textDocument/completion", { textDocument: { uri: URI }, position: CURSOR, context: { triggerKind: 1 } }),
+    (error: { code?: number }) => error.code === -32601,
   );
-  const items = Array.isArray(result) ? result : result.items;
-  assert.equal(items.length, 1);
-  const edit = items[0].textEdit as { newText: string } | undefined;
-  const text = edit?.newText ?? (items[0].insertText as string | undefined) ?? (items[0].label as string);
-  const ghost = inline.insertText.slice(CURSOR.character).split("\n")[0];
-  assert.ok(text.includes(ghost), `completion item ${JSON.stringify(items[0])} lacks ${JSON.stringify(ghost)}`);
 });
 
 test("a cancelled request settles and the server keeps serving", async () => {
