@@ -33,7 +33,7 @@ from pygls.uris import to_fs_path
 
 from engine.context import ContextSource
 from engine.pipeline import Snapshot
-from engine.postprocess import trim_auto_closed
+from engine.postprocess import Edit, trim_auto_closed
 from lsp.completer import CompletionOutcome, CompletionTask
 from lsp.documents import UTF16, Cursor, Document, DocumentStore, DocumentTooLarge, PositionError, code_units
 from lsp.host import ModelHost
@@ -53,9 +53,11 @@ SHOWN_MEMORY = 256
 """Completion ids remembered for codellama.accept."""
 PARENT_POLL_S = 5.0
 """How often to check that the editor that started the server is still alive."""
+CANDIDATES = 3
+"""Completions offered when the user asks for them (triggerKind Invoked): greedy, then sampled."""
 SHOWN_PROBLEMS = 64
 """Distinct messages remembered per session, so that each is shown to the user once."""
-SHOWN_PER_MINUTE = 10
+SHOWN_PER_MINUTE = 30
 """Messages shown to the user per session and minute at most; the rest are logged."""
 MODEL_SETTINGS = ("model", "device", "quantize")
 """Settings that choose the model: over TCP they belong to the command line."""
@@ -122,6 +124,8 @@ class CodeLlamaServer(LanguageServer):
         self.status = Status()
         self.typed_through = TypedThrough()
         self.shown: OrderedDict[str, str] = OrderedDict()
+        self.prefetched: dict[str, tuple[CompletionTask, asyncio.Future]] = {}
+        """Per document: the completion being made for the text after accepting the one shown."""
         self.encoding = UTF16
         self.root: str | None = None
         self.pending_problems: list[str] = []
@@ -155,6 +159,7 @@ class CodeLlamaServer(LanguageServer):
         self.documents = DocumentStore()
         self.typed_through.clear()
         self.shown.clear()
+        self.prefetched.clear()
 
     # ---- messages to the user ----
 
@@ -288,20 +293,25 @@ class CodeLlamaServer(LanguageServer):
         return tuple(sources)
 
     async def complete(
-        self, uri: str, position: types.Position, selected: types.SelectedCompletionInfo | None = None
-    ) -> Answer | None:
-        """The completion at a position, or None (no model, disabled, bad position, nothing useful):
-        typed-through when the user is typing into the last one, else a model call."""
+        self,
+        uri: str,
+        position: types.Position,
+        selected: types.SelectedCompletionInfo | None = None,
+        candidates: int = 1,
+    ) -> list[Answer]:
+        """The completions at a position, best first; none without a model, when disabled, at a bad
+        position, or when nothing useful is left. Typed-through when the user is typing into the
+        last one, else a model call (or the one already made for the text after an accept)."""
         started = time.perf_counter()
         self.status.requests += 1
         found = self.cursor_for(uri, position)
         if found is None:
-            return None
+            return []
         doc, cursor = found
         self.documents.touch(uri)
-        if selected is None and (answer := self.typed_through_answer(doc, cursor)) is not None:
-            return answer
-        return await self.model_answer(doc, cursor, selected, started)
+        if selected is None and candidates == 1 and (answer := self.typed_through_answer(doc, cursor)) is not None:
+            return [answer]
+        return await self.model_answers(doc, cursor, selected, started, candidates)
 
     def cursor_for(self, uri: str, position: types.Position) -> tuple[Document, Cursor] | None:
         """The document and cursor a request names, when there is a model to ask."""
@@ -326,26 +336,64 @@ class CodeLlamaServer(LanguageServer):
         rest, replace = trim_auto_closed(rest, cursor.line_after)
         return self.answer(doc.uri, doc.text, cursor, cursor.line_before, rest, cursor.offset + replace)
 
-    async def model_answer(
-        self, doc: Document, cursor: Cursor, selected: types.SelectedCompletionInfo | None, started: float
-    ) -> Answer | None:
-        """Ask the model (through the worker) and turn its edit into an answer."""
+    async def model_answers(
+        self,
+        doc: Document,
+        cursor: Cursor,
+        selected: types.SelectedCompletionInfo | None,
+        started: float,
+        candidates: int,
+    ) -> list[Answer]:
+        """Ask the model (through the worker) and turn its edits into answers."""
         text, offset, resume = self.as_if_accepted(doc, cursor, selected)
         snapshot = Snapshot(text, offset, doc.language_id, self.context_sources(doc.uri), known_line=cursor.line)
-        task = CompletionTask(doc.uri, snapshot, self.settings, owner=self.session_id, started=started)
+        task = CompletionTask(doc.uri, snapshot, self.settings, self.session_id, started, candidates)
         # The answer's range is in the document as the request saw it: edits that arrive while
         # the model works must not shift it.
         requested_text = doc.text
-        outcome = await self.run(task)
+        outcome = await self.prefetched_outcome(task) or await self.run(task)
         if outcome is None:
-            return None
+            return []
         self.status.latencies_ms.append((time.perf_counter() - started) * 1000)
         if outcome.edit is None:
-            return None
-        if text is doc.text and task.settings is self.settings:  # not made with settings changed since
-            self.typed_through.remember(doc.uri, text, offset, outcome.edit.text)
+            return []
+        edits = [outcome.edit, *outcome.alternatives]
+        current = text is doc.text and task.settings is self.settings  # not made with settings changed since
+        if current:
+            self.typed_through.remember(doc.uri, text, offset, edits[0].text)
+            if self.settings.prefetch:
+                self.prefetch_after(task, edits[0])
         head = text[cursor.line_start : offset]
-        return self.answer(doc.uri, requested_text, cursor, head, outcome.edit.text, resume + outcome.edit.replace)
+        return [self.answer(doc.uri, requested_text, cursor, head, e.text, resume + e.replace) for e in edits]
+
+    def prefetch_after(self, task: CompletionTask, edit: Edit) -> None:
+        """Start on the completion that follows accepting `edit`, while the user reads it: an accept
+        then finds it done (or running, and joins it). Typing anything else cancels it (same key)."""
+        snap = task.snapshot
+        text = snap.text[: snap.offset] + edit.text + snap.text[snap.offset + edit.replace :]
+        line = snap.line + edit.text.count("\n")
+        after = Snapshot(text, snap.offset + len(edit.text), snap.language_id, snap.sources, known_line=line)
+        ahead = CompletionTask(task.uri, after, task.settings, task.owner)
+        future = asyncio.get_running_loop().create_future()
+        assert self.worker is not None
+        self.worker.submit(ahead, future, on_stats=self.status.record_generation)
+        self.prefetched[task.uri] = (ahead, future)
+
+    async def prefetched_outcome(self, task: CompletionTask) -> CompletionOutcome | None:
+        """The prefetched outcome when this request is for exactly the document it was made for."""
+        entry = self.prefetched.pop(task.uri, None)
+        if entry is None:
+            return None
+        ahead, future = entry
+        a, b = ahead.snapshot, task.snapshot
+        if task.candidates != 1 or a.offset != b.offset or ahead.settings != task.settings or a.text != b.text:
+            return None  # submitting this task cancels it (the same document of the same session)
+        outcome: CompletionOutcome = await asyncio.shield(future)
+        if outcome.cancelled or outcome.error is not None:
+            return None
+        self.status.served += 1
+        self.status.prefetched += 1
+        return outcome
 
     def as_if_accepted(
         self, doc: Document, cursor: Cursor, selected: types.SelectedCompletionInfo | None
@@ -500,6 +548,7 @@ def did_close(ls: CodeLlamaServer, params: types.DidCloseTextDocumentParams) -> 
     doc = ls.documents.get(params.text_document.uri)
     ls.documents.close(params.text_document.uri)
     ls.typed_through.forget(params.text_document.uri)
+    ls.prefetched.pop(params.text_document.uri, None)
     if doc is not None and len(doc.text) >= RELEASE_AFTER_CHARS:
         del doc
         release_free_memory()
@@ -513,24 +562,29 @@ async def text_document_inline_completion(
     ls: CodeLlamaServer, params: types.InlineCompletionParams
 ) -> types.InlineCompletionList:
     selected = params.context.selected_completion_info if params.context else None
-    answer = await ls.complete(params.text_document.uri, params.position, selected)
-    if answer is None:
+    # Asked for explicitly (VS Code: the user cycles with Alt+]): several candidates.
+    invoked = params.context is not None and params.context.trigger_kind == types.InlineCompletionTriggerKind.Invoked
+    answers = await ls.complete(params.text_document.uri, params.position, selected, CANDIDATES if invoked else 1)
+    if not answers:
         ls.status.empty += 1
-        return types.InlineCompletionList(items=[])
-    item = types.InlineCompletionItem(
-        insert_text=answer.insert_text,
-        range=line_range(answer),
-        command=types.Command(title="Accept completion", command=ACCEPT_COMMAND, arguments=[{"id": answer.id}]),
-    )
-    return types.InlineCompletionList(items=[item])
+    items = [
+        types.InlineCompletionItem(
+            insert_text=answer.insert_text,
+            range=line_range(answer),
+            command=types.Command(title="Accept completion", command=ACCEPT_COMMAND, arguments=[{"id": answer.id}]),
+        )
+        for answer in answers
+    ]
+    return types.InlineCompletionList(items=items)
 
 
 @handles(types.TEXT_DOCUMENT_COMPLETION, types.CompletionOptions())
 async def text_document_completion(ls: CodeLlamaServer, params: types.CompletionParams) -> types.CompletionList:
-    answer = await ls.complete(params.text_document.uri, params.position)
-    if answer is None:
+    answers = await ls.complete(params.text_document.uri, params.position)
+    if not answers:
         ls.status.empty += 1
         return types.CompletionList(is_incomplete=True, items=[])
+    answer = answers[0]
     first_line = answer.insert_text.split("\n", 1)[0].strip()
     item = types.CompletionItem(
         label=first_line if len(first_line) <= 60 else first_line[:57] + "...",
@@ -582,21 +636,31 @@ def codellama_accept(ls: CodeLlamaServer, *args: Any) -> None:
 
 
 @handles(types.WORKSPACE_DID_CHANGE_CONFIGURATION)
-async def workspace_did_change_configuration(ls: CodeLlamaServer, params: types.DidChangeConfigurationParams) -> None:
+def workspace_did_change_configuration(ls: CodeLlamaServer, params: types.DidChangeConfigurationParams) -> None:
+    # Not a coroutine when the settings came with it: applied before the next message is read,
+    # so a request right after the notification sees them.
     sent = params.settings
     if isinstance(sent, dict) and "codellama" in sent:
-        values, where = sent["codellama"], "settings.codellama"
+        use_settings(ls, sent["codellama"], "settings.codellama")
     elif sent is None or isinstance(sent, dict):  # the pull model: ask for the section
-        values, where = await pull_configuration(ls), "the codellama section"
-        if values is None:
-            ls.show(
-                types.MessageType.Warning,
-                "codellama-lsp: the editor changed its configuration but sent no codellama settings, "
-                "and could not be asked for them (workspace/configuration): settings unchanged",
-            )
-            return
+        ls.spawn(pull_and_use_settings(ls))
     else:
-        values, where = sent, "settings"
+        use_settings(ls, sent, "settings")
+
+
+async def pull_and_use_settings(ls: CodeLlamaServer) -> None:
+    values = await pull_configuration(ls)
+    if values is None:
+        ls.show(
+            types.MessageType.Warning,
+            "codellama-lsp: the editor changed its configuration but sent no codellama settings, "
+            "and could not be asked for them (workspace/configuration): settings unchanged",
+        )
+        return
+    use_settings(ls, values, "the codellama section")
+
+
+def use_settings(ls: CodeLlamaServer, values: Any, where: str) -> None:
     if values is not None and not isinstance(values, dict):
         ls.show(
             types.MessageType.Warning,

@@ -37,6 +37,8 @@ class Settings(CompletionSettings):
     """Where the model runs: "auto" picks CUDA when available."""
     quantize: Quantization = "none"
     """Weight quantization applied at load time."""
+    prefetch: bool = True
+    """While a completion is shown, compute the one that follows accepting it."""
     classic_completion: bool = False
     """Also offer textDocument/completion to a client that has inline completion (read at initialize)."""
 

@@ -60,6 +60,8 @@ class Status:
     """Requests superseded by a newer one for the same document, or cancelled by the client."""
     typed_through: int = 0
     """Requests answered from the completion on screen, without the model."""
+    prefetched: int = 0
+    """Requests answered by the completion computed, while the previous one was shown, for accepting it."""
     generations: int = 0
     """Model calls (cancelled ones too)."""
     cache_hits: int = 0
@@ -99,6 +101,7 @@ class Status:
             "served": self.served,
             "cancelled": self.cancelled,
             "typedThrough": self.typed_through,
+            "prefetched": self.prefetched,
             "cacheHits": self.cache_hits,
             "tokensPrefilled": self.tokens_prefilled,
             "tokensGenerated": self.tokens_generated,

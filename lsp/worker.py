@@ -45,7 +45,8 @@ class Job:
 
     def same_request(self, task: CompletionTask) -> bool:
         a, b = self.task.snapshot, task.snapshot
-        return a.offset == b.offset and self.task.settings == task.settings and a.text == b.text
+        same_ask = self.task.settings == task.settings and self.task.candidates == task.candidates
+        return a.offset == b.offset and same_ask and a.text == b.text
 
     def resolve(self, outcome: CompletionOutcome) -> None:
         """Hand the outcome to every waiting handler (callable from any thread)."""

@@ -94,6 +94,15 @@ async def status(client: LanguageClient) -> dict[str, Any]:
     return plain(await client.protocol.send_request_async("codellama/status", None))
 
 
+async def idle(client: LanguageClient, timeout: float = 30) -> dict[str, Any]:
+    """The status once the model is not generating (e.g. a prefetch for the shown item is done)."""
+    deadline = time.monotonic() + timeout
+    while (current := await status(client))["generating"]:
+        assert time.monotonic() < deadline, current
+        await asyncio.sleep(0.02)
+    return current
+
+
 async def wait_for_state(client: LanguageClient, *states: str, timeout: float = 90.0) -> dict[str, Any]:
     deadline = time.monotonic() + timeout
     while True:
@@ -138,6 +147,17 @@ def insert(client: LanguageClient, uri: str, at: types.Position, text: str) -> N
     )
 
 
+def replace(client: LanguageClient, uri: str, where: types.Range, text: str) -> None:
+    """An incremental didChange replacing a range (as accepting an inline item does)."""
+    _versions[uri] = _versions.get(uri, 1) + 1
+    change = types.TextDocumentContentChangePartial(range=where, text=text)
+    client.text_document_did_change(
+        types.DidChangeTextDocumentParams(
+            types.VersionedTextDocumentIdentifier(version=_versions[uri], uri=uri), [change]
+        )
+    )
+
+
 def replace_all(client: LanguageClient, uri: str, text: str) -> None:
     """A full-document didChange."""
     _versions[uri] = _versions.get(uri, 1) + 1
@@ -149,13 +169,23 @@ def replace_all(client: LanguageClient, uri: str, text: str) -> None:
     )
 
 
-def inline_params(uri: str, at: types.Position, selected: types.SelectedCompletionInfo | None = None):
-    context = types.InlineCompletionContext(types.InlineCompletionTriggerKind.Automatic, selected)
+def inline_params(
+    uri: str,
+    at: types.Position,
+    selected: types.SelectedCompletionInfo | None = None,
+    kind: types.InlineCompletionTriggerKind = types.InlineCompletionTriggerKind.Automatic,
+):
+    context = types.InlineCompletionContext(kind, selected)
     return types.InlineCompletionParams(context, types.TextDocumentIdentifier(uri), at)
 
 
-async def inline(client: LanguageClient, uri: str, at: types.Position) -> list[types.InlineCompletionItem]:
-    result = await client.text_document_inline_completion_async(inline_params(uri, at))
+async def inline(
+    client: LanguageClient,
+    uri: str,
+    at: types.Position,
+    kind: types.InlineCompletionTriggerKind = types.InlineCompletionTriggerKind.Automatic,
+) -> list[types.InlineCompletionItem]:
+    result = await client.text_document_inline_completion_async(inline_params(uri, at, kind=kind))
     return list(result.items) if isinstance(result, types.InlineCompletionList) else list(result or [])
 
 

@@ -17,11 +17,13 @@ from tests.lsp.helpers import (
     SCRIPT,
     configure,
     encoding,
+    idle,
     inline,
     inline_params,
     insert,
     open_document,
     position,
+    replace,
     status,
     wait_for_state,
 )
@@ -113,7 +115,7 @@ async def test_accept_command_counts_known_completions(client, uri):
 async def test_typed_through_is_served_without_the_model(client, uri):
     open_document(client, uri, FUNCTION)
     [shown] = await inline(client, uri, BODY)
-    before = await status(client)
+    before = await idle(client)  # the prefetch for accepting it has run: not this request's work
     insert(client, uri, BODY, "ret")
     [item] = await inline(client, uri, types.Position(1, 7))
     assert item.insert_text == shown.insert_text
@@ -272,3 +274,44 @@ async def test_other_open_documents_do_not_break_completion(client, uri):
     open_document(client, uri, FUNCTION)
     [item] = await inline(client, uri, BODY)
     assert item.insert_text == "    " + SCRIPT
+
+
+async def test_asked_for_explicitly_several_distinct_candidates_come_greedy_first(
+    client, uri, tiny_checkpoint, scripted_checkpoint
+):
+    """VS Code asks again with triggerKind Invoked when the user cycles (Alt+])."""
+    await use_model(client, tiny_checkpoint, maxTokens=6, multiline="never")
+    try:
+        open_document(client, uri, "def add(a, b):\n    return \n")
+        at = types.Position(1, 11)
+        typing = await inline(client, uri, at)
+        asked = await inline(client, uri, at, types.InlineCompletionTriggerKind.Invoked)
+        texts = [item.insert_text for item in asked]
+        assert 2 <= len(texts) <= 3 and len(set(texts)) == len(texts)
+        assert [item.insert_text for item in typing] == texts[:1]  # the greedy one, as shown while typing
+        assert all(item.range == types.Range(types.Position(1, 0), at) for item in asked)
+    finally:
+        await use_model(client, scripted_checkpoint)
+
+
+async def test_the_completion_after_an_accept_is_ready_before_it_is_asked_for(client, uri):
+    """Prefetch: while an item is shown, the server computes the one that follows accepting it."""
+    open_document(client, uri, "def add(a, b):\n    \n\n\ndef sub(a, b):\n    return a - b\n")
+    [shown] = await inline(client, uri, BODY)
+    before = await idle(client)
+    # Accepting, as VS Code does: the item's text replaces its range, then its command runs.
+    replace(client, uri, shown.range, shown.insert_text)
+    await client.workspace_execute_command_async(
+        types.ExecuteCommandParams(shown.command.command, shown.command.arguments)
+    )
+    after_accept = types.Position(1, len(shown.insert_text))
+    next_items = await inline(client, uri, after_accept)
+    after = await idle(client)
+    assert delta(before, after, "prefetched", "served") == {"prefetched": 1, "served": 1}  # served by the prefetch
+    # The same answer a request without prefetch gets.
+    await configure(client, {"prefetch": False})
+    try:
+        cold = await inline(client, uri, after_accept)
+        assert [i.insert_text for i in next_items] == [i.insert_text for i in cold]
+    finally:
+        await configure(client, {"prefetch": True})
