@@ -10,8 +10,13 @@ after lines and functions, a backspace-and-retype, an import added at the top of
 subprocess over stdio with its default settings.
 
 Printed: request-to-answer latency (p50/p95) of the answers that carried a completion and
-of all answers, how many requests were cancelled (superseded by the next keystroke) or
-served from typed-through, the KV-cache hit rate and the tokens prefilled per model call.
+of all answers; the share of requests answered with a suggestion, how many characters of a
+suggestion the user went on to type (what accepting it would have saved), and how many
+suggestions were a degenerate repetition (the target is 0); how many requests were cancelled
+(superseded by the next keystroke) or served from typed-through, the KV-cache hit rate and
+the tokens prefilled per model call. Then an accept phase: a suggestion read for --read-ms and
+accepted, --accepts times, and the time from the accept to the next suggestion on screen,
+with the server's prefetch on and off.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ from lsprotocol import types
 from pygls.lsp.client import LanguageClient
 
 from engine.machine import describe_machine
+from engine.postprocess import repetition_start
 from lsp.status import percentile
 
 FUNCTIONS = [
@@ -60,6 +66,10 @@ class Request:
     sent: float
     answered: float | None = None
     items: int = 0
+    shown: str = ""
+    """The first item's completion (insertText after the line's text before the cursor)."""
+    typed_next: str = ""
+    """What the scripted user went on to type at that place (filled as the replay proceeds)."""
 
 
 @dataclass
@@ -95,12 +105,13 @@ class Session:
         self.client.text_document_did_change(types.DidChangeTextDocumentParams(document, [change]))
         return start + len(new_text)
 
-    def request(self, uri: str, offset: int) -> None:
+    def request(self, uri: str, offset: int) -> Request:
         """Ask for an inline completion without waiting for it, as editors do."""
+        at = self.position(uri, offset)
         params = types.InlineCompletionParams(
             types.InlineCompletionContext(types.InlineCompletionTriggerKind.Automatic),
             types.TextDocumentIdentifier(uri),
-            self.position(uri, offset),
+            at,
         )
         record = Request(time.perf_counter())
         self.requests.append(record)
@@ -110,9 +121,13 @@ class Session:
             record.answered = time.perf_counter()
             if not f.cancelled() and f.exception() is None and f.result() is not None:
                 record.items = len(f.result().items)
+                if record.items:
+                    record.shown = f.result().items[0].insert_text[at.character :]
 
         future.add_done_callback(answered)
         self.pending.append(future)
+        record.future = future  # type: ignore[attr-defined]
+        return record
 
     async def type_text(self, uri: str, offset: int, text: str, key_s: float, line_pause_s: float) -> int:
         """Type text at offset, one keystroke at a time; a newline and the next indentation are one key."""
@@ -123,7 +138,7 @@ class Session:
                 indent = len(text[i + 1 :]) - len(text[i + 1 :].lstrip(" "))
                 key = text[i : i + 1 + indent]
             offset = self.edit(uri, offset, offset, key)
-            self.request(uri, offset)
+            self.request(uri, offset).typed_next = text[i + len(key) :].split("\n", 1)[0]
             i += len(key)
             await asyncio.sleep(line_pause_s if key.startswith("\n") else key_s)
         return offset
@@ -183,6 +198,10 @@ def report(model: str, settings: str, after: dict, requests: list[Request], wall
 
     latencies = [(r.answered - r.sent) * 1000 for r in requests if r.answered is not None]
     shown = [(r.answered - r.sent) * 1000 for r in requests if r.answered is not None and r.items]
+    with_items = [r for r in requests if r.items]
+    # Of what was shown, the characters the user then typed anyway: what accepting would have saved.
+    accepted = [len(os.path.commonprefix([r.shown.split("\n", 1)[0], r.typed_next])) for r in with_items]  # noqa: RUF071
+    degenerate = sum(any(repetition_start(line) is not None for line in r.shown.split("\n")) for r in with_items)
     calls = count("generations")
     rows = [
         ("answers with a completion", len(shown), ms(shown, 50), ms(shown, 95)),
@@ -199,6 +218,12 @@ def report(model: str, settings: str, after: dict, requests: list[Request], wall
         "| --- | ---: | ---: | ---: |",
         *(f"| {name} | {n} | {p50} | {p95} |" for name, n, p50, p95 in rows),
         "",
+        "| what the user saw | value |",
+        "| --- | ---: |",
+        f"| requests answered with a suggestion | {100 * len(with_items) / max(len(requests), 1):.0f}% |",
+        f"| characters of a suggestion the user went on to type (mean) | {sum(accepted) / max(len(accepted), 1):.1f} |",
+        f"| suggestions that were a degenerate repetition | {degenerate} |",
+        "",
         "| server counters | value |",
         "| --- | ---: |",
         f"| served by the model | {count('served')} |",
@@ -213,6 +238,39 @@ def report(model: str, settings: str, after: dict, requests: list[Request], wall
         f"{after['latencyMs']['p50'] or 0:.0f} / {after['latencyMs']['p95'] or 0:.0f} |",
     ]
     return "\n".join(lines)
+
+
+async def accept_latencies(session: Session, accepts: int, read_s: float) -> list[float]:
+    """ms from accepting a suggestion to the next one on screen, `accepts` times in a copy of decoder.py.
+
+    The user reads each suggestion for read_s, accepts it (its text replaces its range, then its
+    command runs, as VS Code does), and the editor asks at once at the new cursor."""
+    root = Path(json.__file__).parent
+    uri = (root / "decoder_accepts.py").as_uri()
+    session.open(uri, (root / "decoder.py").read_text(encoding="utf-8") + "\n\ndef summary(values):\n    ")
+    offset, times = len(session.texts[uri]), []
+    record = session.request(uri, offset)
+    for _ in range(accepts * 3):
+        if len(times) >= accepts:
+            break
+        result = await record.future  # type: ignore[attr-defined]
+        if not result or not result.items:
+            offset = session.edit(uri, offset, offset, "\n    ")  # nothing to accept: a new line
+            record = session.request(uri, offset)
+            continue
+        item = result.items[0]
+        await asyncio.sleep(read_s)
+        start = session.texts[uri].rfind("\n", 0, offset) + 1
+        end = start + len(session.texts[uri][start:].split("\n", 1)[0][: item.range.end.character])
+        offset = session.edit(uri, start, end, item.insert_text)
+        await session.client.workspace_execute_command_async(
+            types.ExecuteCommandParams(item.command.command, item.command.arguments)
+        )
+        record = session.request(uri, offset)
+        await record.future  # type: ignore[attr-defined]
+        times.append((record.answered - record.sent) * 1000)
+    session.client.text_document_did_close(types.DidCloseTextDocumentParams(types.TextDocumentIdentifier(uri)))
+    return times
 
 
 async def run(args: argparse.Namespace) -> int:
@@ -253,6 +311,19 @@ async def run(args: argparse.Namespace) -> int:
         f"a keystroke every {args.key_ms:.0f} ms"
     )
     print(report(args.model, settings, await status(client), session.requests, wall))
+    print()
+    print(
+        f"| accept -> next suggestion on screen ({args.accepts} accepts, {args.read_ms:.0f} ms reading each) "
+        "| p50 ms | p95 ms |"
+    )
+    print("| --- | ---: | ---: |")
+    for prefetch in (True, False):
+        client.workspace_did_change_configuration(
+            types.DidChangeConfigurationParams(settings={"codellama": {**(options or {}), "prefetch": prefetch}})
+        )
+        times = await accept_latencies(Session(client), args.accepts, args.read_ms / 1000)
+        label = "prefetch on (the default)" if prefetch else "prefetch off"
+        print(f"| {label} | {percentile(times, 50) or 0:.0f} | {percentile(times, 95) or 0:.0f} |")
     await client.shutdown_async(None)
     client.exit(None)
     await client.stop()
@@ -274,6 +345,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--key-ms", type=float, default=120.0, help="time between keystrokes (default 120)")
     parser.add_argument("--line-pause-ms", type=float, default=400.0, help="pause after each line (default 400)")
     parser.add_argument("--think-ms", type=float, default=1500.0, help="pause between steps (default 1500)")
+    parser.add_argument("--accepts", type=int, default=20, help="suggestions accepted in the accept phase (20)")
+    parser.add_argument("--read-ms", type=float, default=400.0, help="time a suggestion is read before accepting")
     return asyncio.run(run(parser.parse_args(argv)))
 
 
