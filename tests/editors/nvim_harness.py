@@ -80,9 +80,10 @@ local namespace = vim.api.nvim_get_namespaces()["codellama.ghost"]
 if not namespace then return {} end
 local marks = {}
 for _, mark in ipairs(vim.api.nvim_buf_get_extmarks(0, namespace, 0, -1, { details = true })) do
-  local parts = {}
+  local parts, hint = {}, {}
   for _, chunk in ipairs(mark[4].virt_text or {}) do
     if chunk[2] == "CodellamaSuggestion" then table.insert(parts, chunk[1]) end
+    if chunk[2] == "CodellamaSuggestionHint" then table.insert(hint, chunk[1]) end
   end
   local lines = { table.concat(parts) }
   for _, virt_line in ipairs(mark[4].virt_lines or {}) do
@@ -93,7 +94,7 @@ for _, mark in ipairs(vim.api.nvim_buf_get_extmarks(0, namespace, 0, -1, { detai
     table.insert(lines, table.concat(line))
   end
   table.insert(marks, { row = mark[2], col = mark[3], text = table.concat(lines, "\\n"),
-    pos = mark[4].virt_text_pos })
+    pos = mark[4].virt_text_pos, hint = table.concat(hint) })
 end
 return marks
 """
@@ -101,7 +102,8 @@ return marks
 
 def ghost_marks(vim) -> list[dict[str, Any]]:
     """The ghost-text extmarks of the current buffer, as the user sees them: each one's 0-based
-    row and byte column, and its text (inline part + virtual lines, joined with newlines)."""
+    row and byte column, its text (inline part + virtual lines, joined with newlines) and its
+    hint (" (2/3)" when there are several candidates)."""
     return vim.exec_lua(GHOST_EXTMARKS)
 
 

@@ -276,3 +276,34 @@ def test_accept_line_inserts_the_rest_of_the_line(editing):
     rest = mark["text"][len(line) :]
     if rest:
         assert wait_for_ghost(vim, 5)["text"] == rest
+
+
+def test_meta_bracket_asks_for_more_candidates_and_cycles_through_them(editing):
+    """<M-]> after a typed suggestion asks the server explicitly (several candidates) and shows
+    another; <M-[> goes back; Tab inserts the one shown."""
+    vim = editing
+    first = wait_for_ghost(vim)
+    before = buffer_text(vim)
+    vim.input("<M-]>")
+
+    def another():
+        marks = ghost_marks(vim)
+        return marks[0] if marks and marks[0]["text"] and marks[0]["hint"] else None
+
+    second = wait_for("a second candidate with its (n/m) hint", another, 30)
+    assert re.fullmatch(r" \(2/[23]\)", second["hint"]), second
+    assert second["text"] != first["text"]
+    vim.input("<M-[>")
+    wait_for("back to the first", lambda: ghost_marks(vim)[0]["text"] == first["text"], 5)
+    vim.input("<M-]>")
+    wait_for("the second again", lambda: ghost_marks(vim)[0]["text"] == second["text"], 5)
+    vim.input("<Tab>")
+    expected = insert_at(before, 1, len(TYPED), second["text"])
+    wait_for("the second candidate in the buffer", lambda: buffer_text(vim) == expected, 5)
+
+
+def test_ghost_text_has_a_colour_in_a_terminal_without_true_colour(editing):
+    vim = editing
+    group = vim.exec_lua("return vim.api.nvim_get_hl(0, { name = 'CodellamaSuggestion', link = false })")
+    code = vim.exec_lua("return vim.api.nvim_get_hl(0, { name = 'Normal', link = false })")
+    assert group.get("ctermfg") is not None and group.get("ctermfg") != code.get("ctermfg")

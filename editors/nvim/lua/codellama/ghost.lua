@@ -11,7 +11,19 @@ local compat = require("codellama.compat")
 local M = {}
 
 M.namespace = vim.api.nvim_create_namespace("codellama.ghost")
-vim.api.nvim_set_hl(0, "CodellamaSuggestion", { link = "Comment", default = true })
+-- Comment's colour, with a grey for terminals without true colour: 0.11's default scheme gives
+-- Comment a GUI colour only, and linked to it the ghost text looked like code in such a terminal.
+local function define_highlights()
+  local comment = vim.api.nvim_get_hl(0, { name = "Comment", link = false })
+  vim.api.nvim_set_hl(0, "CodellamaSuggestion", {
+    fg = comment.fg,
+    ctermfg = comment.ctermfg or 244,
+    italic = comment.italic,
+    default = true,
+  })
+end
+define_highlights()
+vim.api.nvim_create_autocmd("ColorScheme", { callback = define_highlights })
 vim.api.nvim_set_hl(0, "CodellamaSuggestionHint", { link = "NonText", default = true })
 
 ---@class codellama.Suggestion
@@ -166,7 +178,10 @@ function M.clear(bufnr)
   hide(bufnr)
 end
 
-local function request(bufnr)
+--- Asks the server at the cursor. `cycling` (a step of +1 or -1): the user asked for another
+--- candidate, so ask explicitly (triggerKind Invoked: the server answers with several) and show
+--- the one `cycling` steps after the first.
+local function request(bufnr, cycling)
   local state = states[bufnr]
   local client = state and vim.lsp.get_client_by_id(state.client_id)
   if not client or bufnr ~= vim.api.nvim_get_current_buf() or not in_insert_mode() then
@@ -175,7 +190,7 @@ local function request(bufnr)
   local row, col = cursor()
   local tick = vim.api.nvim_buf_get_changedtick(bufnr)
   local params = vim.lsp.util.make_position_params(0, client.offset_encoding)
-  params.context = { triggerKind = 2 } -- Automatic: the user is typing
+  params.context = { triggerKind = cycling and 1 or 2 } -- Invoked, or Automatic: the user is typing
   local ok, id
   ok, id = compat.call(client, "request", "textDocument/inlineCompletion", params, function(err, result)
     if not state.pending or state.pending.id ~= id then
@@ -210,12 +225,22 @@ local function request(bufnr)
     if not first then
       return
     end
+    local index = first
+    if cycling then
+      for _ = 1, #items do -- the next visible candidate in the direction asked
+        index = (index - 1 + cycling) % #items + 1
+        if texts[index] ~= "" then
+          break
+        end
+      end
+    end
     state.suggestion = {
       items = items,
       texts = texts,
       overwrites = overwrites,
-      index = first,
-      shown = texts[first],
+      index = index,
+      shown = texts[index],
+      asked = cycling ~= nil,
       row = row,
       col = col,
       client_id = client.id,
@@ -381,6 +406,10 @@ end
 
 local function cycle(step)
   return with_suggestion(function(bufnr, suggestion)
+    if not suggestion.asked and suggestion.shown == suggestion.texts[suggestion.index] then
+      request(bufnr, step) -- typing got one candidate: ask for several
+      return
+    end
     local n = #suggestion.items
     local index = suggestion.index
     for _ = 1, n do

@@ -25,7 +25,8 @@ function M.check()
     health.ok(("`%s` found: %s"):format(cmd[1], vim.fn.exepath(cmd[1])))
   else
     health.error(("`%s` is not executable"):format(cmd[1]), {
-      "pip install codellama-lsp (in a virtualenv), then set cmd = { '/path/to/venv/bin/codellama-lsp' }",
+      "install it from a clone as the README says (python3 -m venv .venv && .venv/bin/pip install torch==2.13.0 -e .), "
+        .. "then set cmd = { '/path/to/clone/.venv/bin/codellama-lsp' }",
     })
     return
   end
