@@ -1,10 +1,34 @@
 import * as vscode from "vscode";
-import { DidChangeConfigurationNotification, LanguageClient, State } from "vscode-languageclient/node";
+import {
+  ClientCapabilities,
+  DidChangeConfigurationNotification,
+  LanguageClient,
+  State,
+  StaticFeature,
+} from "vscode-languageclient/node";
 import { DOCUMENT_SELECTOR } from "./languages";
-import { plainSection, RESTART_KEYS, serverCommand, serverSettings } from "./settings";
+import { plainSection, RESTART_KEYS, serverArgs, serverCommand, serverSettings } from "./settings";
 import { failedView, ServerStatus, startingView, statusView, StatusView } from "./status";
 
 let client: LanguageClient | undefined;
+
+/**
+ * Declines work-done progress: the server would show its model load as a second status-bar
+ * item beside this extension's own, which already says "loading".
+ */
+const noProgressBar: StaticFeature = {
+  fillClientCapabilities(capabilities: ClientCapabilities) {
+    if (capabilities.window) capabilities.window.workDoneProgress = false;
+  },
+  initialize() {},
+  getState: () => ({ kind: "static" }),
+  clear() {},
+};
+
+/** Where the toggle writes: the workspace's settings when a folder is open, else the user's. */
+function toggleTarget(): vscode.ConfigurationTarget {
+  return vscode.workspace.workspaceFolders?.length ? vscode.ConfigurationTarget.Workspace : vscode.ConfigurationTarget.Global;
+}
 
 export async function activate(context: vscode.ExtensionContext): Promise<void> {
   const log = vscode.window.createOutputChannel("Code Llama", { log: true });
@@ -24,7 +48,7 @@ export async function activate(context: vscode.ExtensionContext): Promise<void> 
   const start = async () => {
     show(startingView());
     const section = settings();
-    client = new LanguageClient("codellama", "Code Llama", { command: serverCommand(section) }, {
+    client = new LanguageClient("codellama", "Code Llama", { command: serverCommand(section), args: serverArgs(section) }, {
       documentSelector: DOCUMENT_SELECTOR,
       initializationOptions: serverSettings(section),
       outputChannel: log,
@@ -36,6 +60,7 @@ export async function activate(context: vscode.ExtensionContext): Promise<void> 
         },
       },
     });
+    client.registerFeature(noProgressBar);
     client.onNotification("codellama/didChangeStatus", (status: ServerStatus) => show(statusView(status)));
     client.onDidChangeState((change) => change.newState === State.Stopped && show(failedView("codellama-lsp stopped")));
     try {
@@ -55,7 +80,7 @@ export async function activate(context: vscode.ExtensionContext): Promise<void> 
     item,
     vscode.commands.registerCommand("codellama.toggle", () => {
       const configuration = vscode.workspace.getConfiguration("codellama");
-      return configuration.update("enable", !configuration.get("enable", true), vscode.ConfigurationTarget.Global);
+      return configuration.update("enable", !configuration.get("enable", true), toggleTarget());
     }),
     vscode.commands.registerCommand("codellama.restart", restart),
     vscode.commands.registerCommand("codellama.showLog", () => log.show()),

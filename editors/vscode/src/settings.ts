@@ -4,10 +4,10 @@
  */
 
 /** Read by the extension, never sent: the server would report them as unknown keys. */
-const CLIENT_ONLY_KEYS = new Set(["serverPath", "trace"]);
+const CLIENT_ONLY_KEYS = new Set(["serverPath", "serverArgs", "trace"]);
 
 /** Keys whose change needs a new server process rather than a didChangeConfiguration. */
-export const RESTART_KEYS = ["serverPath"];
+export const RESTART_KEYS = ["serverPath", "serverArgs", "classicCompletion"];
 
 export const DEFAULT_SERVER_PATH = "codellama-lsp";
 
@@ -34,6 +34,12 @@ export function serverSettings(section: SettingsSection): Record<string, unknown
 export function serverCommand(section: SettingsSection): string {
   const path = section.serverPath;
   return typeof path === "string" && path.trim() !== "" ? path.trim() : DEFAULT_SERVER_PATH;
+}
+
+/** The serverArgs setting: its strings, anything else dropped (a hand-edited settings.json may hold anything). */
+export function serverArgs(section: SettingsSection): string[] {
+  const args = section.serverArgs;
+  return Array.isArray(args) ? args.filter((arg): arg is string => typeof arg === "string") : [];
 }
 
 /**

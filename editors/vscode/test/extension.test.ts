@@ -5,7 +5,8 @@
  */
 import "./register-vscode";
 import { strict as assert } from "node:assert";
-import { readFileSync } from "node:fs";
+import { existsSync, mkdtempSync, readFileSync } from "node:fs";
+import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, test } from "node:test";
 import { activate, deactivate } from "../src/extension";
@@ -120,6 +121,16 @@ test("Restart Server starts a new server that serves completions", async () => {
   await waitFor("the ready status", () => statusItem().text.startsWith("$(sparkle)"));
   assert.match(statusItem().tooltip!, /0 served/, "the status should come from the new process");
   assert.ok((await complete()).length > 0);
+});
+
+test("serverArgs reach the server command (a restart): --log-file gets the server's log", async () => {
+  const logFile = join(mkdtempSync(join(tmpdir(), "codellama-args-")), "server.log");
+  editor.setSetting("codellama.serverArgs", ["--log-file", logFile, "--log-level", "info"]);
+  await waitFor("the server's log file", () => existsSync(logFile) && /loaded/.test(readFileSync(logFile, "utf8")), 60_000);
+  await waitFor("the ready status", () => statusItem().text.startsWith("$(sparkle)"));
+  assert.ok((await complete()).length > 0);
+  editor.setSetting("codellama.serverArgs", []);
+  await waitFor("the ready status", () => statusItem().text.startsWith("$(sparkle)"));
 });
 
 test("a serverPath that does not exist shows an error in the status bar", async () => {
