@@ -164,3 +164,9 @@ def test_ordinary_repetitive_code_is_kept(line):
     ctx = CursorContext(line_before="")
     assert finish(line, ctx, False, 16) == Edit(line)
     assert not enough(line, ctx, True, 16)
+
+
+def test_text_after_invalid_utf8_is_not_shown():
+    ctx = CursorContext(line_before="    return ")
+    assert finish("a + b\ufffd\ufffdx", ctx, False, 16) == Edit("a + b")
+    assert finish("\ufffd", ctx, False, 16) is None

@@ -61,7 +61,15 @@ export async function activate(context: vscode.ExtensionContext): Promise<void> 
       },
     });
     client.registerFeature(noProgressBar);
-    client.onNotification("codellama/didChangeStatus", (status: ServerStatus) => show(statusView(status)));
+    let lastState: ServerStatus["state"] | undefined;
+    client.onNotification("codellama/didChangeStatus", (status: ServerStatus) => {
+      show(statusView(status));
+      // What was typed while the model loaded got no answer, and VS Code does not ask again by itself.
+      if (status.state === "ready" && lastState !== undefined && lastState !== "ready") {
+        vscode.commands.executeCommand("editor.action.inlineSuggest.trigger").then(undefined, () => undefined);
+      }
+      lastState = status.state;
+    });
     client.onDidChangeState((change) => change.newState === State.Stopped && show(failedView("codellama-lsp stopped")));
     try {
       await client.start();

@@ -117,8 +117,11 @@ test("Show Log opens the Code Llama output", async () => {
 });
 
 test("Restart Server starts a new server that serves completions", async () => {
+  recorded.executed.length = 0;
   await vscode.install().commands.executeCommand("codellama.restart");
   await waitFor("the ready status", () => statusItem().text.startsWith("$(sparkle)"));
+  // Typed while the model loaded, a document got no ghost text: once ready, VS Code is asked again.
+  await waitFor("a new inline-suggest request", () => recorded.executed.includes("editor.action.inlineSuggest.trigger"), 10_000);
   assert.match(statusItem().tooltip!, /0 served/, "the status should come from the new process");
   assert.ok((await complete()).length > 0);
 });

@@ -265,6 +265,8 @@ export const recorded = {
   messages: [] as { severity: string; message: string }[],
   inlineProviders: [] as { selector: unknown; provider: InlineProvider }[],
   commands: new Map<string, (...args: unknown[]) => unknown>(),
+  /** Every executeCommand, VS Code's own commands included (which the stub does not run). */
+  executed: [] as string[],
   unimplemented: new Set<string>(),
 };
 
@@ -430,6 +432,7 @@ const vscode = withFallback("vscode", {
       return new Disposable(() => recorded.commands.delete(id));
     },
     executeCommand: async (id: string, ...args: unknown[]) => {
+      recorded.executed.push(id);
       const command = recorded.commands.get(id);
       if (!command) throw new Error(`command '${id}' not found`);
       return command(...args);
