@@ -290,6 +290,9 @@ def build_prompt(
     blocks: list[str] = []
     if with_context:
         query = query_text(window.prefix, cursor_line)
+        # A snippet the window already shows (a recent edit near the cursor) would only repeat it.
+        shown = window.prefix + window.suffix
+        sources = [s for s in sources if s.text.strip() and s.text.strip() not in shown]
 
         def cost(block: str) -> int:
             return len(cache.ids(block, tokenizer.encode_infilling, leading=False))

@@ -47,6 +47,8 @@ class PromptSettings:
     """Other open documents to take snippets from, most recently used first; 0 turns context off."""
     context_tokens: int = bounded(512, 0, 16384)
     """Tokens for all snippets of other documents together."""
+    recent_chunks: int = bounded(4, 0, 16)
+    """Places the user recently edited, copied or left that lend snippets (before other documents); 0: none."""
     format: InfillFormat = "spm"
     """Infilling layout: "spm" (suffix first, best KV-cache reuse, with token healing) or "psm"."""
 

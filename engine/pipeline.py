@@ -49,7 +49,8 @@ class Snapshot:
     """The cursor, as an index into text."""
     language_id: str = ""
     sources: tuple[ContextSource, ...] = ()
-    """Other documents that may lend snippets, most recently used first."""
+    """What may lend snippets, best first (the caller chooses: the server gives its recent places,
+    then prompt.contextFiles other documents)."""
     known_line: int | None = None
     """The cursor's line number when the caller knows it (saves a scan of a long text)."""
 
@@ -135,7 +136,7 @@ class Pipeline:
             snap.offset,
             snap.line,
             snap.language_id,
-            snap.sources[: p.context_files],
+            snap.sources,
             self.engine.tokenizer,
             prefix_tokens,
             suffix_tokens,

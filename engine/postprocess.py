@@ -232,8 +232,8 @@ def trim_auto_closed(text: str, line_after: str) -> tuple[str, int]:
 def finish(raw: str, ctx: CursorContext, multiline: bool, max_lines: int) -> Edit | None:
     """The edit to show for the model's raw middle, or None when nothing useful is left."""
     text = CONTROL_CHARS.sub("", raw.replace("\r\n", "\n").replace("\r", "\n"))
-    # U+FFFD: the model wrote bytes that are not UTF-8. Never show the "?" box; stop before it.
-    text = text.split("\ufffd", 1)[0]
+    # U+FFFD: the model wrote bytes that are not UTF-8. Never show the "?" box.
+    text = text.replace("\ufffd", "")
     if not multiline:
         text = text.split("\n", 1)[0]
     lines = normalize_indentation(cut_repetitions(text.split("\n")), ctx)

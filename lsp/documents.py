@@ -107,6 +107,12 @@ class Document:
             end -= 1
         return start, end
 
+    def lines_around(self, line: int, size: int) -> str:
+        """`size` lines centred on `line` (fewer near the ends), from the line index: no scan of the text."""
+        first = max(0, min(line - size // 2, self.line_count - size))
+        last = min(self.line_count, first + size) - 1
+        return self.text[self.line_span(first)[0] : self.line_span(last)[1]]
+
     def offset_at(self, position: types.Position, encoding: str, clamp_lines: bool = False) -> tuple[int, bool]:
         """(offset, exact) for an LSP position; see index_from_units for `exact`.
 

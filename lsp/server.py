@@ -39,6 +39,7 @@ from lsp.documents import UTF16, Cursor, Document, DocumentStore, DocumentTooLar
 from lsp.host import ModelHost
 from lsp.loading import ModelSpec, prompt_budget_problem, usable_lengths
 from lsp.protocol import CodeLlamaProtocol, strict_converter
+from lsp.recent import CHUNK_LINES, RecentPlaces
 from lsp.settings import PromptSettings, Settings, with_overrides
 from lsp.status import Status, package_version
 from lsp.typed_through import TypedThrough
@@ -49,6 +50,7 @@ log = logging.getLogger(__name__)
 ACCEPT_COMMAND = "codellama.accept"
 STATUS_REQUEST = "codellama/status"
 STATUS_NOTIFICATION = "codellama/didChangeStatus"
+YANK_NOTIFICATION = "codellama/didYank"
 SHOWN_MEMORY = 256
 """Completion ids remembered for codellama.accept."""
 PARENT_POLL_S = 5.0
@@ -123,6 +125,7 @@ class CodeLlamaServer(LanguageServer):
         self.documents = DocumentStore()
         self.status = Status()
         self.typed_through = TypedThrough()
+        self.recent = RecentPlaces()
         self.shown: OrderedDict[str, str] = OrderedDict()
         self.prefetched: dict[str, tuple[CompletionTask, asyncio.Future]] = {}
         """Per document: the completion being made for the text after accepting the one shown."""
@@ -160,6 +163,7 @@ class CodeLlamaServer(LanguageServer):
         self.typed_through.clear()
         self.shown.clear()
         self.prefetched.clear()
+        self.recent = RecentPlaces()
 
     # ---- messages to the user ----
 
@@ -236,7 +240,7 @@ class CodeLlamaServer(LanguageServer):
             self.show(types.MessageType.Warning, f"codellama-lsp settings: {problem}")
 
     def status_json(self) -> dict[str, Any]:
-        return self.status.to_json(generating=self.host.generating, model=self.host.model)
+        return self.status.to_json(self.host.generating, self.host.model, len(self.recent.chunks))
 
     def publish_status(self) -> None:
         self.protocol.notify(STATUS_NOTIFICATION, self.status_json())
@@ -283,14 +287,25 @@ class CodeLlamaServer(LanguageServer):
 
     # ---- completions ----
 
+    def relative_path(self, uri: str) -> str:
+        path = to_fs_path(uri) or uri
+        if self.root and path.startswith(self.root.rstrip(os.sep) + os.sep):
+            path = os.path.relpath(path, self.root)
+        return path
+
     def context_sources(self, uri: str) -> tuple[ContextSource, ...]:
-        sources = []
-        for doc in self.documents.recently_used(uri, self.settings.prompt.context_files):
-            path = to_fs_path(doc.uri) or doc.uri
-            if self.root and path.startswith(self.root.rstrip(os.sep) + os.sep):
-                path = os.path.relpath(path, self.root)
-            sources.append(ContextSource(path, doc.text, (doc.uri, doc.version, len(doc.text))))
+        """Recent places first (edits, yanks, places left), then other open documents."""
+        p = self.settings.prompt
+        sources = list(self.recent.sources(p.recent_chunks))
+        for doc in self.documents.recently_used(uri, p.context_files):
+            sources.append(ContextSource(self.relative_path(doc.uri), doc.text, (doc.uri, doc.version, len(doc.text))))
         return tuple(sources)
+
+    def note_cursor(self, doc: Document, line: int) -> None:
+        """Where the user asks for a completion; a jump keeps the place left as a recent one."""
+        left = self.recent.moved(doc.uri, line)
+        if left is not None and (old := self.documents.get(left[0])) is not None:
+            self.recent.visited(old.uri, self.relative_path(old.uri), left[1], old.lines_around(left[1], CHUNK_LINES))
 
     async def complete(
         self,
@@ -309,6 +324,7 @@ class CodeLlamaServer(LanguageServer):
             return []
         doc, cursor = found
         self.documents.touch(uri)
+        self.note_cursor(doc, cursor.line)
         if selected is None and candidates == 1 and (answer := self.typed_through_answer(doc, cursor)) is not None:
             return [answer]
         return await self.model_answers(doc, cursor, selected, started, candidates)
@@ -536,6 +552,9 @@ def did_change(ls: CodeLlamaServer, params: types.DidChangeTextDocumentParams) -
     try:
         for change in params.content_changes:
             ls.documents.apply(doc, change, ls.encoding)
+            if isinstance(change, types.TextDocumentContentChangePartial):
+                line = min(change.range.start.line, doc.line_count - 1)
+                ls.recent.edited(doc.uri, ls.relative_path(doc.uri), line, doc.lines_around(line, CHUNK_LINES))
     except DocumentTooLarge as e:
         ls.show(types.MessageType.Warning, f"codellama-lsp: {e}")
         return
@@ -549,6 +568,7 @@ def did_close(ls: CodeLlamaServer, params: types.DidCloseTextDocumentParams) -> 
     ls.documents.close(params.text_document.uri)
     ls.typed_through.forget(params.text_document.uri)
     ls.prefetched.pop(params.text_document.uri, None)
+    ls.recent.forget(params.text_document.uri)
     if doc is not None and len(doc.text) >= RELEASE_AFTER_CHARS:
         del doc
         release_free_memory()
@@ -685,6 +705,16 @@ async def pull_configuration(ls: CodeLlamaServer) -> Any:
     except Exception as e:
         log.info("workspace/configuration failed: %s", e)
         return None
+
+
+@handles(YANK_NOTIFICATION)
+def codellama_did_yank(ls: CodeLlamaServer, params: Any) -> None:
+    """{"uri": string, "text": string}: text the user copied (Neovim's TextYankPost)."""
+    text, uri = getattr(params, "text", None), getattr(params, "uri", None)
+    if not isinstance(text, str) or not isinstance(uri, str):
+        ls.client_problem(f"{YANK_NOTIFICATION}: expected {{uri: string, text: string}}, got {params!r:.100}")
+        return
+    ls.recent.yanked(uri, ls.relative_path(uri), text[: CHUNK_LINES * 400])
 
 
 @handles(STATUS_REQUEST)

@@ -88,7 +88,9 @@ class Status:
         if stats.prompt_tokens and stats.reused_tokens * 2 >= stats.prompt_tokens:
             self.cache_hits += 1
 
-    def to_json(self, generating: bool = False, model: ModelState | None = None) -> dict[str, Any]:
+    def to_json(
+        self, generating: bool = False, model: ModelState | None = None, recent_places: int = 0
+    ) -> dict[str, Any]:
         latencies = list(self.latencies_ms)
         model = model or ModelState()
         return {
@@ -102,6 +104,7 @@ class Status:
             "cancelled": self.cancelled,
             "typedThrough": self.typed_through,
             "prefetched": self.prefetched,
+            "recentPlaces": recent_places,
             "cacheHits": self.cache_hits,
             "tokensPrefilled": self.tokens_prefilled,
             "tokensGenerated": self.tokens_generated,

@@ -307,3 +307,14 @@ def test_ghost_text_has_a_colour_in_a_terminal_without_true_colour(editing):
     group = vim.exec_lua("return vim.api.nvim_get_hl(0, { name = 'CodellamaSuggestion', link = false })")
     code = vim.exec_lua("return vim.api.nvim_get_hl(0, { name = 'Normal', link = false })")
     assert group.get("ctermfg") is not None and group.get("ctermfg") != code.get("ctermfg")
+
+
+def test_a_yank_reaches_the_server_as_a_recent_place(editing):
+    vim = editing
+    vim.input("<Esc>")
+    wait_for("normal mode", lambda: vim.api.get_mode()["mode"] == "n")
+    vim.current.buffer.append([f"other_{i} = {i}" for i in range(60)])
+    before = server_status(vim)["recentPlaces"]
+    vim.input("Gyy")
+    wait_for("the yank to reach the server", lambda: server_status(vim)["recentPlaces"] == before + 1, 10)
+    vim.input("a")  # back to insert mode: the fixture leaves with <Esc>

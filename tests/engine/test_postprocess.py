@@ -166,7 +166,7 @@ def test_ordinary_repetitive_code_is_kept(line):
     assert not enough(line, ctx, True, 16)
 
 
-def test_text_after_invalid_utf8_is_not_shown():
+def test_invalid_utf8_is_never_shown():
     ctx = CursorContext(line_before="    return ")
-    assert finish("a + b\ufffd\ufffdx", ctx, False, 16) == Edit("a + b")
+    assert finish("a + b\ufffd\ufffdx", ctx, False, 16) == Edit("a + bx")
     assert finish("\ufffd", ctx, False, 16) is None

@@ -242,6 +242,17 @@ function M.setup(opts)
       end
     end,
   })
+  -- What the user copies is a strong hint of what comes next: the server keeps it as context.
+  vim.api.nvim_create_autocmd("TextYankPost", {
+    group = group,
+    callback = function(args)
+      local client = vim.lsp.get_clients({ bufnr = args.buf, name = "codellama" })[1]
+      if client and vim.v.event.operator == "y" then
+        local text = table.concat(vim.v.event.regcontents, "\n")
+        compat.call(client, "notify", "codellama/didYank", { uri = vim.uri_from_bufnr(args.buf), text = text })
+      end
+    end,
+  })
   vim.api.nvim_create_user_command("CodellamaToggle", M.toggle, { desc = "Turn Code Llama completions on or off" })
   vim.api.nvim_create_user_command("CodellamaRestart", M.restart, { desc = "Restart codellama-lsp" })
   vim.api.nvim_create_user_command("CodellamaStatus", function()
