@@ -34,7 +34,7 @@ def test_setup_is_idempotent_and_merges_defaults(vim):
     assert vim.funcs.maparg("<C-]>", "i") == ""
     assert vim.funcs.maparg("<Tab>", "i", False, True)["desc"] == "codellama: accept"
     autocmds = vim.api.get_autocmds({"group": "codellama"})
-    assert sorted(a["event"] for a in autocmds) == ["FileType", "LspAttach"]
+    assert sorted(a["event"] for a in autocmds) == ["FileType", "LspAttach", "TextYankPost"]
     assert [a["pattern"] for a in autocmds if a["event"] == "FileType"] == ["python"]
     assert vim.funcs.exists(":CodellamaToggle") == 2
 
