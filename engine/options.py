@@ -24,6 +24,8 @@ TORCH_QUANTIZATIONS = ("int8", "int4")
 BNB_QUANTIZATIONS = ("nf4", "bnb-int8")
 """Quantizations bitsandbytes runs, on a CUDA GPU only."""
 SAVED_QUANTIZATIONS = ("none", *TORCH_QUANTIZATIONS)
+EXPORT_FORMATS = ("native", "hf", "gguf")
+"""native: our own checkpoint folder; hf: transformers / vLLM; gguf: llama.cpp (engine/export.py)."""
 DEVICES: tuple[str, ...] = typing.get_args(Device)
 DTYPES: tuple[str, ...] = typing.get_args(Dtype)
 INFILL_FORMATS: tuple[str, ...] = typing.get_args(InfillFormat)

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from engine.options import (
     DTYPES,
+    EXPORT_FORMATS,
     INFILL_FORMATS,
     MULTILINE_MODES,
     SAVED_QUANTIZATIONS,
@@ -122,13 +123,17 @@ def language_id(file: Path) -> str:
 
 
 def run_convert(args: argparse.Namespace) -> int:
-    from engine.checkpoints import load_model, save_checkpoint
+    from engine.checkpoints import TORCH_DTYPES, load_model
+    from engine.export import export_model
     from engine.loader import model_path
 
     path = model_path(args.model)
-    model, tokenizer, info = load_model(path, "cpu", args.dtype)
-    out = save_checkpoint(args.out, model, tokenizer.path, quantize=args.quantize)
-    print(f"wrote {out} ({info.format} -> codellama-lsp, quantization {args.quantize})", file=sys.stderr)
+    load_dtype = "float32" if args.dtype == "auto" else args.dtype
+    model, tokenizer, info = load_model(path, "cpu", load_dtype)
+    # native keeps the dtype it was loaded in; hf and gguf write the one asked (fp32 by default)
+    dtype = None if args.format == "native" and args.dtype == "auto" else TORCH_DTYPES[load_dtype]
+    out = export_model(model, tokenizer.path, args.out, args.format, dtype, args.quantize)
+    print(f"wrote {out} ({info.format} -> {args.format}, quantization {args.quantize})", file=sys.stderr)
     return 0
 
 
@@ -202,11 +207,15 @@ def build_parser() -> argparse.ArgumentParser:
     complete.add_argument("--seed", type=int)
     complete.set_defaults(run=run_complete)
 
-    convert = commands.add_parser("convert", help="save any checkpoint in codellama-lsp format, optionally quantized")
+    convert = commands.add_parser(
+        "convert",
+        help="save any checkpoint the engine loads for our engine (native), transformers/vLLM (hf) or llama.cpp (gguf)",
+    )
     convert.add_argument("--model", help="checkpoint folder; default: the shipped model")
-    convert.add_argument("--out", required=True, help="output folder")
-    convert.add_argument("--quantize", default="none", choices=SAVED_QUANTIZATIONS)
-    convert.add_argument("--dtype", default="auto", choices=DTYPES)
+    convert.add_argument("--out", required=True, help="output folder (gguf: a .gguf file)")
+    convert.add_argument("--format", default="native", choices=EXPORT_FORMATS, help="default native (codellama-lsp)")
+    convert.add_argument("--quantize", default="none", choices=SAVED_QUANTIZATIONS, help="gguf: int8 writes Q8_0")
+    convert.add_argument("--dtype", default="auto", choices=DTYPES, help="auto: float32 (native: as loaded)")
     convert.set_defaults(run=run_convert)
     return parser
 

@@ -3,6 +3,9 @@
 - merged (default): the base with the LoRA adapters merged in (or the fully fine-tuned /
   from-scratch weights), written by engine.checkpoints.save_checkpoint as a codellama-lsp
   checkpoint folder: `codellama-lsp --model OUT`. Optionally bf16 or int8/int4.
+- hf / gguf: the same merged model for a shared inference server (engine/export.py):
+  Hugging Face's layout for vLLM (`vllm serve OUT`), or one GGUF file for llama.cpp's
+  `llama-server` (f32/bf16/f16, or Q8_0 with --quantize int8).
 - peft: the LoRA adapters alone in PEFT's format (adapter_config.json +
   adapter_model.safetensors, keys `base_model.model.model.layers.N....lora_A.weight`),
   which HF transformers / peft / vLLM apply to the Hugging Face base model.
@@ -22,7 +25,8 @@ from pathlib import Path
 
 import torch
 
-from engine.checkpoints import CheckpointError, load_model, save_checkpoint
+from engine.checkpoints import CheckpointError, load_model
+from engine.export import export_model
 from engine.model import ModelArgs, Transformer
 from engine.quantize import TORCH_QUANTIZATIONS
 from training import checkpointing as ckpt
@@ -30,7 +34,9 @@ from training.config import FitConfig
 from training.dataclass_io import ConfigError, from_dict
 from training.modeling import add_lora
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+FORMATS = {"merged": "native", "hf": "hf", "gguf": "gguf", "peft": "peft"}
+"""--format -> engine.export's format name (peft is written here)."""
 
 
 class ExportError(ValueError):
@@ -72,13 +78,15 @@ def rebuild_trained_model(checkpoint: Path) -> tuple[torch.nn.Module, Transforme
     return model.eval(), core.eval(), config, tokenizer_path
 
 
-def export_merged(checkpoint: Path, out: Path, dtype: torch.dtype | None = None, quantize: str = "none") -> Path:
+def export_merged(
+    checkpoint: Path, out: Path, dtype: torch.dtype | None = None, quantize: str = "none", fmt: str = "native"
+) -> Path:
     model, core, config, tokenizer_path = rebuild_trained_model(checkpoint)
     if config.train.method != "full":
         core = model.merge_and_unload()
     core.requires_grad_(False)
     extra = {"training": {"checkpoint": str(checkpoint.resolve()), "method": config.train.method}}
-    return save_checkpoint(out, core, tokenizer_path, quantize=quantize, dtype=dtype, extra=extra)
+    return export_model(core, tokenizer_path, out, fmt, dtype, quantize, extra if fmt == "native" else None)
 
 
 def export_peft_adapter(checkpoint: Path, out: Path) -> Path:
@@ -109,9 +117,19 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--run", dest="run_dir", type=Path, help="run folder of `fit` (its newest checkpoint is exported)")
     p.add_argument("--checkpoint", type=Path, help="a specific RUN/checkpoints/step-NNNNNNNN folder")
     p.add_argument("--out", required=True, type=Path, help="folder to write")
-    p.add_argument("--format", choices=["merged", "peft"], default="merged", help="merged model or PEFT adapter")
-    p.add_argument("--dtype", choices=list(DTYPES), default="float32", help="merged: dtype of the saved weights")
-    p.add_argument("--quantize", choices=["none", *TORCH_QUANTIZATIONS], default="none", help="merged: int8/int4")
+    p.add_argument(
+        "--format",
+        choices=list(FORMATS),
+        default="merged",
+        help="merged (codellama-lsp), hf (transformers / vLLM), gguf (llama.cpp), or peft (the adapter alone)",
+    )
+    p.add_argument("--dtype", choices=list(DTYPES), default="float32", help="dtype of the saved weights")
+    p.add_argument(
+        "--quantize",
+        choices=["none", *TORCH_QUANTIZATIONS],
+        default="none",
+        help="merged: int8/int4; gguf: int8 (Q8_0)",
+    )
     p.set_defaults(run=run)
 
 
@@ -124,9 +142,10 @@ def run(args: argparse.Namespace) -> int:
         if args.format == "peft":
             out = export_peft_adapter(checkpoint, args.out)
         else:
-            out = export_merged(checkpoint, args.out, DTYPES[args.dtype], args.quantize)
+            out = export_merged(checkpoint, args.out, DTYPES[args.dtype], args.quantize, FORMATS[args.format])
     except (ExportError, ckpt.ResumeError, CheckpointError, ConfigError, ValueError, OSError) as e:
         print(f"export: {e}", file=sys.stderr)
         return 1
-    print(f"wrote {out} from {checkpoint}" + ("" if args.format == "peft" else f": codellama-lsp --model {out}"))
+    use = {"merged": f": codellama-lsp --model {out}", "hf": f": vllm serve {out}", "gguf": f": llama-server -m {out}"}
+    print(f"wrote {out} from {checkpoint}" + use.get(args.format, ""))
     return 0

@@ -7,9 +7,14 @@ a legacy bare pickle is refused before torch sees it.
 from __future__ import annotations
 
 import json
+import os
 import pickle
 import re
+import shutil
+import tempfile
 import zipfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -22,6 +27,38 @@ IGNORED_TENSORS = re.compile(r"(^rope\.freqs$|rotary_emb\.inv_freq$)")
 
 class CheckpointError(ValueError):
     """A checkpoint cannot be loaded; the message names the file and the problem."""
+
+
+@contextmanager
+def atomic_folder(out_dir: Path, marker: str) -> Iterator[Path]:
+    """A staging folder beside out_dir that replaces it when the block ends without error: a
+    reader never sees half a checkpoint. Refuses to replace a non-empty folder that has no
+    `marker` file (the format's config): that folder is not a checkpoint of this kind."""
+    out_dir = Path(out_dir)
+    if out_dir.exists() and any(out_dir.iterdir()) and not (out_dir / marker).is_file():
+        raise CheckpointError(
+            f"{out_dir}: refusing to overwrite a folder that is not a checkpoint of this format (no {marker}); "
+            "choose an empty or new one"
+        )
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    staging.chmod(0o777 & ~umask)  # mkdtemp makes it private; a model folder is not
+    try:
+        yield staging
+        for file in staging.iterdir():  # some writers make private files; a model is readable
+            file.chmod(0o666 & ~umask)
+        if out_dir.exists():
+            backup = out_dir.with_name(out_dir.name + ".old")
+            shutil.rmtree(backup, ignore_errors=True)
+            os.replace(out_dir, backup)
+            os.replace(staging, out_dir)
+            shutil.rmtree(backup)
+        else:
+            os.replace(staging, out_dir)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 def read_json(path: Path) -> dict:

@@ -1,17 +1,30 @@
 """Hugging Face checkpoints: config.json + model.safetensors, or shards with an index.
 
-The internal layout is LlamaForCausalLM's, so tensors load as they are: this module only
-reads the config and finds the weight files (never outside the folder).
+The internal layout is LlamaForCausalLM's, so tensors load and save as they are: this
+module reads the config and finds the weight files (never outside the folder), and writes
+a folder that `transformers` and vLLM load (`save_hf`).
 """
 
 from __future__ import annotations
 
+import json
+import shutil
 from pathlib import Path
 
 import torch
+from safetensors.torch import save_file
 
-from engine.formats.common import CheckpointError, read_json, read_pickled_tensors, read_safetensors, require
-from engine.model import ModelArgs
+from engine.formats.common import (
+    TOKENIZER_FILE,
+    CheckpointError,
+    atomic_folder,
+    read_json,
+    read_pickled_tensors,
+    read_safetensors,
+    require,
+)
+from engine.model import ModelArgs, Transformer
+from engine.tokenizer import Tokenizer
 
 CONFIG = "config.json"
 
@@ -67,6 +80,31 @@ def hf_config(args: ModelArgs) -> dict:
         "tie_word_embeddings": args.tie_embeddings,
         "hidden_act": "silu",
     }
+
+
+def save_hf(out_dir: Path, model: Transformer, tokenizer_path: Path, dtype: torch.dtype = torch.float32) -> Path:
+    """Write config.json + model.safetensors + tokenizer.model, atomically: a folder that
+    `LlamaForCausalLM.from_pretrained` and `vllm serve` load (with the slow, SentencePiece
+    tokenizer: tokenizer_config.json names LlamaTokenizer)."""
+    state = {k: v.detach().to("cpu", dtype).contiguous() for k, v in model.state_dict().items()}
+    if model.args.tie_embeddings:
+        state.pop("lm_head.weight")  # safetensors refuses shared tensors; transformers re-ties
+    config = {**hf_config(model.args), "torch_dtype": str(dtype).removeprefix("torch.")}
+    tok = Tokenizer(tokenizer_path)
+    config |= {"bos_token_id": tok.bos_id, "eos_token_id": tok.eos_id}
+    tokenizer_config = {
+        "tokenizer_class": "LlamaTokenizer",
+        "add_bos_token": True,
+        "add_eos_token": False,
+        "legacy": True,  # Code Llama's (and SentencePiece's) own handling of the leading space
+        "model_max_length": model.args.max_seq_len,
+    }
+    with atomic_folder(out_dir, CONFIG) as staging:
+        save_file(state, str(staging / "model.safetensors"), metadata={"format": "pt"})
+        (staging / CONFIG).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+        (staging / "tokenizer_config.json").write_text(json.dumps(tokenizer_config, indent=2) + "\n", encoding="utf-8")
+        shutil.copyfile(tokenizer_path, staging / TOKENIZER_FILE)
+    return out_dir
 
 
 def hf_weight_files(path: Path) -> list[Path]:

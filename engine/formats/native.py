@@ -8,15 +8,13 @@ quantizing again). Written atomically: what `codellama-train export` and
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import tempfile
 from pathlib import Path
 
 import torch
 from safetensors.torch import save_file
 
-from engine.formats.common import TOKENIZER_FILE, CheckpointError, read_json, read_safetensors
+from engine.formats.common import TOKENIZER_FILE, CheckpointError, atomic_folder, read_json, read_safetensors
 from engine.model import ModelArgs, Transformer
 from engine.options import SAVED_QUANTIZATIONS
 from engine.quantize import quantize_state_dict, quantized_linear_names
@@ -62,11 +60,6 @@ def save_checkpoint(
     out_dir = Path(out_dir)
     if quantize not in SAVED_QUANTIZATIONS:
         raise ValueError(f"cannot save {quantize!r}: only none, int8 and int4 are saved; nf4 is made at load time")
-    if out_dir.exists() and any(out_dir.iterdir()) and not (out_dir / CONFIG).is_file():
-        raise CheckpointError(
-            f"{out_dir}: refusing to overwrite a folder that is not a codellama-lsp checkpoint; "
-            "choose an empty or new one"
-        )
     state = {k: v.detach().to("cpu") for k, v in model.state_dict().items()}
     if model.args.tie_embeddings:
         state.pop("lm_head.weight")  # safetensors refuses shared tensors; the loader re-ties
@@ -86,23 +79,8 @@ def save_checkpoint(
         "quantization": quantize,
         **(extra or {}),
     }
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    umask = os.umask(0)
-    os.umask(umask)
-    staging.chmod(0o777 & ~umask)  # mkdtemp makes it private; a model folder is not
-    try:
+    with atomic_folder(out_dir, CONFIG) as staging:
         save_file({k: v.contiguous() for k, v in state.items()}, str(staging / WEIGHTS))
         (staging / CONFIG).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
         shutil.copyfile(tokenizer_path, staging / TOKENIZER_FILE)
-        if out_dir.exists():
-            backup = out_dir.with_name(out_dir.name + ".old")
-            shutil.rmtree(backup, ignore_errors=True)
-            os.replace(out_dir, backup)
-            os.replace(staging, out_dir)
-            shutil.rmtree(backup)
-        else:
-            os.replace(staging, out_dir)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     return out_dir

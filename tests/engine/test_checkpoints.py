@@ -272,7 +272,7 @@ def test_saving_never_overwrites_a_folder_that_is_not_a_checkpoint(source_model,
     precious = tmp_path / "models"
     precious.mkdir()
     (precious / "notes.txt").write_text("keep me")
-    with pytest.raises(CheckpointError, match="refusing to overwrite a folder that is not a codellama-lsp checkpoint"):
+    with pytest.raises(CheckpointError, match="refusing to overwrite a folder that is not a checkpoint of this format"):
         save_checkpoint(precious, source_model, tokenizer_path)
     assert (precious / "notes.txt").read_text() == "keep me"
     saved = save_checkpoint(tmp_path / "new", source_model, tokenizer_path)

@@ -110,3 +110,20 @@ def test_full_fine_tune_exports_in_bf16_and_int8(corpus, tiny_checkpoint, tmp_pa
 def test_export_without_checkpoints_says_so(tmp_path, capsys):
     assert main(["export", "--run", str(tmp_path), "--out", str(tmp_path / "out")]) == 1
     assert "no checkpoints/step-NNNNNNNN folder" in capsys.readouterr().err
+
+
+def test_hf_and_gguf_exports_of_a_fine_tune_are_the_merged_model(lora_run, tmp_path, capsys):
+    adapted, _, _, _ = rebuild_trained_model(ckpt.latest_checkpoint(lora_run))
+    expected = logits_of(adapted)
+    assert main(["export", "--run", str(lora_run), "--format", "hf", "--out", str(tmp_path / "hf")]) == 0
+    assert f"vllm serve {tmp_path / 'hf'}" in capsys.readouterr().out
+    hf = LlamaForCausalLM.from_pretrained(tmp_path / "hf", dtype=torch.float32).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(hf(TOKENS).logits, expected, atol=2e-5, rtol=1e-5)
+
+    assert main(["export", "--run", str(lora_run), "--format", "gguf", "--out", str(tmp_path / "model.gguf")]) == 0
+    assert "llama-server -m" in capsys.readouterr().out
+    import gguf
+
+    names = {t.name for t in gguf.GGUFReader(tmp_path / "model.gguf").tensors}
+    assert "blk.0.attn_q.weight" in names and "output.weight" in names
