@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterator
 
 import torch
 
+from engine.healing import HealingConstraint
 from engine.model import KVCache, Transformer
 from engine.sampling import GenerationStats, SamplingParams
 from engine.tokenizer import Tokenizer
@@ -71,44 +72,12 @@ def decode_one_token(model: Transformer, token: int, pos: int, cache: KVCache, s
     return model(torch.tensor([[token]], dtype=torch.long, device=device), pos, cache, slot)[0, -1]
 
 
-class HealingConstraint:
-    """Forces the first generated tokens to spell `text` (token healing).
-
-    A token is allowed while its bytes either continue the remaining text or complete it
-    and run past it; byte-fallback tokens make every text reachable.
-    """
-
-    def __init__(self, tok: Tokenizer, text: str) -> None:
-        self.tok = tok
-        self.remaining = text.encode("utf-8")
-        special = (tok.prefix_id, tok.suffix_id, tok.middle_id, tok.eot_id, tok.sp.unk_id())
-        self.banned = {t for t in special if t is not None}
-
-    @property
-    def active(self) -> bool:
-        return bool(self.remaining)
-
-    def allowed(self) -> list[int]:
-        table = self.tok.token_bytes
-        return [
-            t
-            for t in self.tok.tokens_by_first_byte.get(self.remaining[0], [])
-            if t not in self.banned and (table[t].startswith(self.remaining) or self.remaining.startswith(table[t]))
-        ]
-
-    def mask(self, logits: torch.Tensor) -> torch.Tensor:
-        allowed = self.allowed()
-        if not allowed:  # cannot happen with byte fallback; give up healing rather than hang
-            self.remaining = b""
-            return logits
-        masked = torch.full_like(logits, float("-inf"))
-        index = torch.tensor(allowed, device=logits.device)
-        masked[index] = logits[index]
-        return masked
-
-    def advance(self, token: int) -> None:
-        data = self.tok.token_bytes[token]
-        self.remaining = self.remaining[len(data) :] if self.remaining.startswith(data) else b""
+def mask_to(logits: torch.Tensor, allowed: list[int]) -> torch.Tensor:
+    """logits with every token outside `allowed` at -inf."""
+    masked = torch.full_like(logits, float("-inf"))
+    index = torch.tensor(allowed, device=logits.device)
+    masked[index] = logits[index]
+    return masked
 
 
 class TokenStream:
@@ -154,7 +123,11 @@ class TokenStream:
             # A model may have more rows than its tokenizer has pieces (padding): never pick those.
             logits = logits[: self.tok.vocab_size]
             if self.constraint is not None and self.constraint.active:
-                logits = self.constraint.mask(logits)
+                allowed = self.constraint.allowed()
+                if allowed:  # never empty with byte fallback; else give up healing rather than hang
+                    logits = mask_to(logits, allowed)
+                else:
+                    self.constraint.give_up()
             token = sample(logits, self.params.temperature, self.params.top_p, self._generator)
             if token in self._stop_ids:
                 self.stop_reason = "eot" if token == self.tok.eot_id else "eos"

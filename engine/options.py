@@ -17,6 +17,7 @@ Device = Literal["auto", "cpu", "cuda"]
 Dtype = Literal["auto", "float32", "bfloat16", "float16"]
 InfillFormat = Literal["spm", "psm"]
 Multiline = Literal["auto", "always", "never"]
+BackendKind = Literal["openai", "llamacpp"]
 
 QUANTIZATIONS: tuple[str, ...] = typing.get_args(Quantization)
 TORCH_QUANTIZATIONS = ("int8", "int4")
@@ -30,6 +31,7 @@ DEVICES: tuple[str, ...] = typing.get_args(Device)
 DTYPES: tuple[str, ...] = typing.get_args(Dtype)
 INFILL_FORMATS: tuple[str, ...] = typing.get_args(InfillFormat)
 MULTILINE_MODES: tuple[str, ...] = typing.get_args(Multiline)
+BACKEND_KINDS: tuple[str, ...] = typing.get_args(BackendKind)
 
 
 def bounded(default: Any, low: float, high: float) -> Any:
@@ -82,3 +84,14 @@ def add_model_arguments(parser: argparse.ArgumentParser | argparse._ArgumentGrou
     parser.add_argument("--device", default="auto", choices=DEVICES, help="auto: CUDA when available")
     parser.add_argument("--dtype", default="auto", choices=DTYPES, help="auto: bf16 on GPU, fp32 on CPU when it fits")
     parser.add_argument("--quantize", default="none", choices=QUANTIZATIONS, help="weight quantization at load")
+    remote = parser.add_argument_group("a shared inference server instead of the model in this process")
+    remote.add_argument(
+        "--backend", metavar="URL", help="vLLM / SGLang / llama.cpp server, e.g. http://gpu-box:8000; --model then "
+        "names the tokenizer (a checkpoint folder, weights not needed; default: the shipped model's)"
+    )  # fmt: skip
+    remote.add_argument(
+        "--backend-kind", default="openai", choices=BACKEND_KINDS,
+        help="openai: /v1/completions (vLLM, SGLang, llama.cpp); llamacpp: llama.cpp's /completion",
+    )  # fmt: skip
+    remote.add_argument("--backend-model", help="the served model's name (default: the first the server lists)")
+    remote.add_argument("--backend-api-key-env", metavar="VAR", help="environment variable holding the API key")

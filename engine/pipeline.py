@@ -8,7 +8,7 @@
 Every path that completes code goes through here, so each sees what the editor shows: the
 language server (lsp/completer.py), `codellama-lsp complete`, the repository benchmark of
 `codellama-train eval` and `fit`'s held-out exact match. This module imports no torch: it
-drives whatever engine it is given (engine.session.InfillEngine).
+drives whatever backend it is given (engine.backend: the model in process, or a remote server).
 """
 
 from __future__ import annotations
@@ -21,16 +21,13 @@ import time
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import TYPE_CHECKING
 
+from engine.backend import Backend
 from engine.context import CONTEXT_TIME_SHARE, ContextSource, PromptParts, SnippetCache, build_prompt, fit_budgets
 from engine.options import CompletionSettings
 from engine.postprocess import CursorContext, Edit, enough, finish, wants_multiline
 from engine.prompts import InfillPrompt, infill_prompt
 from engine.sampling import GenerationStats, SamplingParams
-
-if TYPE_CHECKING:
-    from engine.session import InfillEngine
 
 log = logging.getLogger(__name__)
 
@@ -92,21 +89,21 @@ class Outcome:
     stats: GenerationStats = field(default_factory=GenerationStats)
 
 
-def usable_lengths(settings: CompletionSettings, engine: InfillEngine) -> tuple[int, int]:
+def usable_lengths(settings: CompletionSettings, engine: Backend) -> tuple[int, int]:
     """(tokens to generate, prompt tokens) that fit both the model's trained length and the KV cache."""
-    usable = min(engine.model.args.max_seq_len, engine.max_seq_len)
+    usable = min(engine.trained_length, engine.max_seq_len)
     new_tokens = min(settings.max_tokens, usable // 2)
     return new_tokens, max(0, usable - new_tokens - PROMPT_MARGIN)
 
 
-def prompt_budget_problem(settings: CompletionSettings, engine: InfillEngine) -> str | None:
+def prompt_budget_problem(settings: CompletionSettings, engine: Backend) -> str | None:
     """What the settings ask for beyond what the model can use (they are scaled down), or None."""
     p = settings.prompt
     asked = p.prefix_tokens + p.suffix_tokens + p.context_tokens
     new_tokens, prompt_tokens = usable_lengths(settings, engine)
     if asked <= prompt_tokens and new_tokens == settings.max_tokens:
         return None
-    trained = engine.model.args.max_seq_len
+    trained = engine.trained_length
     return (
         f"prompt.prefixTokens + suffixTokens + contextTokens = {asked:,} and maxTokens = {settings.max_tokens:,} "
         f"ask for more than this model can use: it was trained on {trained:,} positions; completions use "
@@ -117,7 +114,7 @@ def prompt_budget_problem(settings: CompletionSettings, engine: InfillEngine) ->
 class Pipeline:
     """Completions with one engine (one request at a time, as the engine serves them)."""
 
-    def __init__(self, engine: InfillEngine) -> None:
+    def __init__(self, engine: Backend) -> None:
         self.engine = engine
         self.snippets = SnippetCache()
 
@@ -145,7 +142,10 @@ class Pipeline:
             context_deadline=started + CONTEXT_TIME_SHARE * settings.time_budget_ms / 1000,
         )
         tok = self.engine.tokenizer
-        prompt = infill_prompt(tok, parts.prefix, parts.prefix_ids, parts.suffix_ids, p.format, token_healing)
+        fmt = p.format
+        if fmt == "spm" and token_healing and not self.engine.can_heal:
+            fmt = "psm"  # a backend that cannot constrain the first token: the layout that needs no healing
+        prompt = infill_prompt(tok, parts.prefix, parts.prefix_ids, parts.suffix_ids, fmt, token_healing)
         multiline = wants_multiline(snap.context, settings.multiline)
         params = SamplingParams(
             max_new_tokens=max_new_tokens,

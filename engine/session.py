@@ -14,27 +14,15 @@ import math
 import threading
 import time
 from collections.abc import Callable, Hashable, Iterator
-from dataclasses import dataclass
 
+from engine.backend import Backend, Cancel, Completion, PromptTooLong, as_callable
 from engine.generate import GenerationStats, SamplingParams, TokenStream
 from engine.middle_text import MiddleText
 from engine.model import KVCache, Transformer
-from engine.prompts import InfillFormat, InfillPrompt, build_infill_prompt
+from engine.prompts import InfillPrompt
 from engine.tokenizer import Tokenizer
 
-Cancel = Callable[[], bool] | threading.Event | None
-
-
-class PromptTooLong(ValueError):
-    """The prompt does not fit in the KV cache."""
-
-
-@dataclass
-class Completion:
-    text: str
-    """The generated middle, healed characters removed, cut at a stop string."""
-    stats: GenerationStats
-    """Tokens reused, prefilled and generated; timings; why generation stopped."""
+__all__ = ["Cancel", "Completion", "InfillEngine", "PromptTooLong", "Stream"]
 
 
 def common_prefix_length(a: list[int], b: list[int]) -> int:
@@ -160,11 +148,8 @@ class Stream:
         finally:
             self.engine._lock.release()
 
-    def result(self) -> Completion:
-        return Completion(self.middle.text, self.stats)
 
-
-class InfillEngine:
+class InfillEngine(Backend):
     """A loaded model plus its KV cache; one request at a time (calls are serialised)."""
 
     def __init__(self, model: Transformer, tokenizer: Tokenizer, max_seq_len: int = 4096, cache_slots: int = 2):
@@ -191,40 +176,9 @@ class InfillEngine:
     def max_seq_len(self) -> int:
         return self.cache.max_seq_len
 
-    def complete(
-        self,
-        prefix: str,
-        suffix: str,
-        *,
-        fmt: InfillFormat = "spm",
-        token_healing: bool = True,
-        params: SamplingParams | None = None,
-        cancel: Cancel = None,
-        on_text: Callable[[str], None] | None = None,
-        session: Hashable | None = None,
-    ) -> Completion:
-        """Generate the middle between prefix and suffix, to the end (session: an opaque key,
-        e.g. one document of one editor, that keeps its KV-cache slot)."""
-        prompt = build_infill_prompt(self.tokenizer, prefix, suffix, fmt, token_healing)
-        return self.generate(prompt, params, cancel, on_text, session)
-
-    def generate(
-        self,
-        prompt: InfillPrompt,
-        params: SamplingParams | None = None,
-        cancel: Cancel = None,
-        on_text: Callable[[str], None] | None = None,
-        session: Hashable | None = None,
-    ) -> Completion:
-        """The whole completion of a prompt (`stream` gives it piece by piece)."""
-        with self.stream(prompt, params, session=session, cancel=cancel) as stream:
-            for piece in stream:
-                if piece and on_text is not None:
-                    on_text(piece)
-        last = stream.middle.finish()
-        if last and on_text is not None:
-            on_text(last)
-        return stream.result()
+    @property
+    def trained_length(self) -> int:
+        return self.model.args.max_seq_len
 
     def stream(
         self,
@@ -237,8 +191,8 @@ class InfillEngine:
     ) -> Stream:
         """Generation as an iterator of text pieces; see Stream. `started` (perf_counter) is when
         the request began: the time budget counts from there."""
-        cancelled = cancel.is_set if isinstance(cancel, threading.Event) else (cancel or (lambda: False))
-        return Stream(self, prompt, params or SamplingParams(), session, cancelled, started or time.perf_counter())
+        params = params or SamplingParams()
+        return Stream(self, prompt, params, session, as_callable(cancel), started or time.perf_counter())
 
     def _pick_slot(self, tokens: list[int], session: Hashable | None) -> tuple[int, int]:
         """(slot, tokens to reuse)."""

@@ -12,8 +12,8 @@ import sys
 import time
 
 from engine.machine import describe_machine
-from lsp.loading import ModelSpec, load
-from lsp.settings import Settings
+from lsp.loading import ModelSpec, load, tokenizer_file
+from lsp.settings import BackendSettings, Settings
 
 PREFIX = 'def fibonacci(n):\n    """Return the n-th Fibonacci number."""\n    if n < 2:\n        return n\n    return '
 SUFFIX = "\n\n\nprint(fibonacci(10))\n"
@@ -52,8 +52,13 @@ def run_check(args: argparse.Namespace, out=sys.stdout) -> int:
     def say(label: str, value: str) -> None:
         print(f"{label + ':' if label else '':<18}{value}", file=out, flush=True)
 
-    settings = Settings(model=args.model, device=args.device, quantize=args.quantize, max_tokens=args.max_tokens)
+    backend = BackendSettings(args.backend, args.backend_kind, args.backend_api_key_env, args.backend_model)
+    settings = Settings(
+        model=args.model, device=args.device, quantize=args.quantize, max_tokens=args.max_tokens, backend=backend
+    )
     spec = ModelSpec.from_settings(settings, args.dtype, args.threads)
+    if spec.backend is not None:
+        return check_backend(spec, args.max_tokens, say)
     try:
         from engine.loader import model_path
 
@@ -98,4 +103,50 @@ def run_check(args: argparse.Namespace, out=sys.stdout) -> int:
             f"in {s.prefill_s * 1000:.0f} ms); {s.generated_tokens} generated in {s.decode_s * 1000:.0f} ms "
             f"({s.decode_tokens_per_s:.1f} tokens/s), stopped at {s.stop_reason}",
         )
+    return 0
+
+
+def check_backend(spec: ModelSpec, max_tokens: int, say) -> int:
+    """A shared inference server: reachable, which model, our tokenizer's vocabulary, latency,
+    token healing, one test completion and one keystroke (the server's prefix cache)."""
+    from engine.remote import RemoteEngine
+    from engine.sampling import SamplingParams
+    from engine.tokenizer import Tokenizer
+    from engine.wire import BackendError
+
+    assert spec.backend is not None
+    say("backend", f"{spec.backend.url} ({spec.backend.kind})")
+    try:
+        tokenizer = Tokenizer(tokenizer_file(spec.model))
+        say("tokenizer", f"{tokenizer.path} ({tokenizer.vocab_size} tokens, stays on this machine)")
+        started = time.perf_counter()
+        engine = RemoteEngine(spec.backend, tokenizer)
+        say("reachable", f"yes, GET /v1/models in {(time.perf_counter() - started) * 1000:.0f} ms")
+    except (BackendError, ValueError, OSError) as e:
+        say("backend", f"FAILED: {e}")
+        return 1
+    served = engine.served
+    vocab = "not reported" if served.vocab_size is None else f"{served.vocab_size} tokens (matches the tokenizer)"
+    say("model", f"{served.name}; vocabulary {vocab}; {engine.max_seq_len} positions per request")
+    params = SamplingParams(max_new_tokens=max_tokens, temperature=0.0, time_budget_s=30.0)
+    for label, prefix in (("test completion", PREFIX), ("next keystroke", PREFIX + "f")):
+        started = time.perf_counter()
+        try:
+            completion = engine.complete(prefix, SUFFIX, params=params)
+        except BackendError as e:
+            say(label, f"FAILED: {e}")
+            return 1
+        ms = (time.perf_counter() - started) * 1000
+        s = completion.stats
+        text = completion.text if len(completion.text) <= 120 else completion.text[:117] + "..."
+        say(label, f"{ms:.0f} ms round trip: {text!r}")
+        cached = "not reported by the server" if s.reused_tokens == 0 and s.prefilled_tokens == 0 else (
+            f"{s.reused_tokens} from the server's prefix cache"
+        )  # fmt: skip
+        say(
+            "",
+            f"prompt {s.prompt_tokens} tokens ({cached}); {s.generated_tokens} generated, stopped at {s.stop_reason}",
+        )
+    heal = "logit bias honoured (SPM with token healing)" if engine.can_heal else "logit bias ignored: SPM sent as PSM"
+    say("token healing", heal)
     return 0

@@ -21,19 +21,20 @@ from engine.options import (
     CompletionSettings,
     add_model_arguments,
 )
-from lsp.settings import Settings
+from lsp.settings import BackendSettings, Settings
 
 DEFAULT_PORT = 2087
 
 
 def user_errors() -> tuple[type[Exception], ...]:
     """Errors that are the user's input, not a bug: reported in one line, exit status 2."""
+    from engine.backend import PromptTooLong
     from engine.checkpoints import CheckpointError
     from engine.quantize import QuantizationError
-    from engine.session import PromptTooLong
     from engine.tokenizer import TokenizerError
+    from engine.wire import BackendError
 
-    return (CheckpointError, TokenizerError, QuantizationError, PromptTooLong, ValueError, OSError)
+    return (CheckpointError, TokenizerError, QuantizationError, PromptTooLong, BackendError, ValueError, OSError)
 
 
 def add_engine_options(parser: argparse.ArgumentParser) -> None:
@@ -43,9 +44,20 @@ def add_engine_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def backend_settings(args: argparse.Namespace) -> BackendSettings:
+    return BackendSettings(args.backend, args.backend_kind, args.backend_api_key_env, args.backend_model)
+
+
 def load_engine(args: argparse.Namespace, max_seq_len: int = 4096, cache_slots: int = 2):
     from engine import loader
 
+    if args.backend:
+        from lsp.loading import ModelSpec, connect
+
+        settings = Settings(model=args.model, backend=backend_settings(args))
+        served = connect(ModelSpec.from_settings(settings))
+        print(f"connected to {served.describe()}", file=sys.stderr)
+        return served.engine
     loaded = loader.load_engine(
         args.model, args.device, args.dtype, args.quantize, max_seq_len=max_seq_len, cache_slots=cache_slots,
         threads=getattr(args, "threads", None),
@@ -151,7 +163,7 @@ def run_serve(args: argparse.Namespace) -> int:
     from lsp.loading import ModelSpec
     from lsp.serve import serve_stdio, serve_tcp
 
-    base = Settings(model=args.model, device=args.device, quantize=args.quantize)
+    base = Settings(model=args.model, device=args.device, quantize=args.quantize, backend=backend_settings(args))
 
     def configure(session) -> None:
         session.base_settings = base

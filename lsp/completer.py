@@ -67,7 +67,8 @@ class Completer:
         self._pipeline: Pipeline | None = None
 
     def complete(self, engine: InfillEngine, task: CompletionTask, cancel: threading.Event) -> CompletionOutcome:
-        from engine.session import PromptTooLong
+        from engine.backend import PromptTooLong
+        from engine.wire import BackendError
 
         if self._pipeline is None or self._pipeline.engine is not engine:
             self._pipeline = Pipeline(engine)  # a new model: new snippet token ids too
@@ -86,7 +87,7 @@ class Completer:
                 )
                 if other.edit is not None and other.edit.text not in {e.text for e in edits}:
                     edits.append(other.edit)
-        except PromptTooLong as e:
+        except (PromptTooLong, BackendError) as e:
             return CompletionOutcome(error=str(e))
         if cancel.is_set():
             return CompletionOutcome(raw=done.raw, stats=done.stats, cancelled=True)

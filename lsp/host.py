@@ -69,11 +69,13 @@ class ModelHost:
         m.model, m.quantize, m.state = event.spec.model or "(default model)", event.spec.quantize, event.state
         if event.state == "loading":
             self.settled.clear()
-            m.message, m.loaded = f"loading {m.model}", None
+            m.message, m.loaded, m.backend = f"loading {m.model}", None, None
         elif event.state == "ready" and event.loaded is not None:
             loaded = event.loaded
             m.model, m.device, m.quantize = loaded.path, loaded.device, loaded.quantization
             m.load_seconds, m.loaded = round(loaded.load_s, 3), loaded
+            b = event.spec.backend
+            m.backend = None if b is None else {"url": b.url, "kind": b.kind, "model": loaded.engine.served.name}
             m.message = f"loaded {loaded.describe()}"
             log.info("%s", m.message)
             self.settled.set()

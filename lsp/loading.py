@@ -14,10 +14,12 @@ from typing import TYPE_CHECKING
 from lsp.settings import Settings
 
 if TYPE_CHECKING:
+    from engine.backend import Backend
     from engine.loader import LoadedModel
-    from engine.session import InfillEngine
+    from engine.remote import RemoteEngine
 
 from engine.pipeline import PROMPT_MARGIN, prompt_budget_problem, usable_lengths
+from engine.wire import BackendConfig
 
 __all__ = ["prompt_budget_problem", "usable_lengths"]
 
@@ -38,30 +40,35 @@ class ModelSpec:
     """KV-cache length: the longest prompt plus the generated tokens."""
     threads: int | None = None
     """CPU threads for torch; None is default_threads()."""
+    backend: BackendConfig | None = None
+    """A shared inference server: `model` then only supplies the tokenizer."""
 
     @property
     def weights_key(self) -> tuple:
-        return (self.model, self.device, self.quantize, self.dtype)
+        return (self.model, self.device, self.quantize, self.dtype, self.backend)
 
     @classmethod
     def from_settings(cls, settings: Settings, dtype: str = "auto", threads: int | None = None) -> ModelSpec:
         p = settings.prompt
         needed = p.prefix_tokens + p.suffix_tokens + p.context_tokens + settings.max_tokens + PROMPT_MARGIN
         # Round up so small budget changes do not reallocate the cache.
-        return cls(settings.model, settings.device, settings.quantize, dtype, -(-needed // 512) * 512, threads)
+        b = settings.backend
+        backend = BackendConfig(b.url, b.kind, b.api_key_env, b.model) if b.url else None
+        cache = -(-needed // 512) * 512
+        return cls(settings.model, settings.device, settings.quantize, dtype, cache, threads, backend)
 
 
 @dataclass
 class ServedModel:
     """A loaded engine and the spec it was loaded for."""
 
-    loaded: LoadedModel
+    loaded: LoadedModel | RemoteModel
     spec: ModelSpec
     load_s: float
     """Loading and warming up, seconds."""
 
     @property
-    def engine(self) -> InfillEngine:
+    def engine(self) -> Backend:
         return self.loaded.engine
 
     @property
@@ -99,8 +106,55 @@ def default_threads() -> int:
     return max(1, min(torch.get_num_threads(), (os.cpu_count() or 1) - 1))
 
 
+@dataclass
+class RemoteModel:
+    """A shared inference server in the place of a loaded model (what ServedModel reads)."""
+
+    engine: RemoteEngine
+    load_s: float
+
+    @property
+    def path(self) -> str:
+        return f"{self.engine.served.name} at {self.engine.config.url}"
+
+    @property
+    def device(self) -> str:
+        return f"remote ({self.engine.config.kind})"
+
+    quantization = "(the server's)"
+
+    def describe(self) -> str:
+        return self.engine.describe() + f"; tokenizer {self.engine.tokenizer.path}, connected in {self.load_s:.2f} s"
+
+
+def tokenizer_file(model: str | None):
+    """The local tokenizer for a remote model: a checkpoint folder's tokenizer.model (no weights
+    needed), a tokenizer.model named directly, or the shipped model's."""
+    from engine.formats.common import TOKENIZER_FILE
+    from engine.loader import model_path
+
+    path = model_path(model)
+    return path if path.is_file() else path / TOKENIZER_FILE
+
+
+def connect(spec: ModelSpec) -> ServedModel:
+    """The backend's model, checked against our tokenizer, with one test completion."""
+    from engine.remote import RemoteEngine
+    from engine.tokenizer import Tokenizer
+
+    assert spec.backend is not None
+    started = time.perf_counter()
+    engine = RemoteEngine(spec.backend, Tokenizer(tokenizer_file(spec.model)))
+    warm_up(engine)
+    elapsed = time.perf_counter() - started
+    return ServedModel(RemoteModel(engine, elapsed), spec, elapsed)  # type: ignore[arg-type]
+
+
 def load(spec: ModelSpec) -> ServedModel:
-    """Load weights and tokenizer and allocate the KV cache (engine.loader); raises the engine's errors."""
+    """Load weights and tokenizer and allocate the KV cache (engine.loader), or connect to the
+    backend; raises the engine's errors."""
+    if spec.backend is not None:
+        return connect(spec)
     started = time.perf_counter()
     from engine.loader import load_engine
 
@@ -117,17 +171,22 @@ def load(spec: ModelSpec) -> ServedModel:
     return ServedModel(loaded, spec, time.perf_counter() - started)
 
 
-def warm_up(engine: InfillEngine) -> None:
-    """One tiny completion, so the first real request does not pay for first-call allocations."""
-    from engine.generate import SamplingParams
+def warm_up(engine: Backend) -> None:
+    """One tiny completion, so the first real request does not pay for first-call allocations
+    (and a backend that cannot complete is found at load, not at the first keystroke)."""
+    from engine.sampling import SamplingParams
 
-    engine.complete("def f(x):\n    ", "\n", params=SamplingParams(max_new_tokens=2))
+    engine.complete("def f(x):\n    ", "\n", params=SamplingParams(max_new_tokens=2, time_budget_s=30.0))
     engine.reset_cache()
 
 
 def resize(loaded: ServedModel, spec: ModelSpec) -> ServedModel:
     """Same weights, a KV cache of another length (after the prompt budgets changed)."""
     from engine.session import InfillEngine
+
+    if spec.backend is not None:  # the server owns its cache
+        loaded.spec = spec
+        return loaded
 
     model, tokenizer = loaded.engine.model, loaded.engine.tokenizer
     loaded.loaded.engine = None  # type: ignore[assignment]  # free the old cache before allocating the new one

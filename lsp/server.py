@@ -61,7 +61,7 @@ SHOWN_PROBLEMS = 64
 """Distinct messages remembered per session, so that each is shown to the user once."""
 SHOWN_PER_MINUTE = 30
 """Messages shown to the user per session and minute at most; the rest are logged."""
-MODEL_SETTINGS = ("model", "device", "quantize")
+MODEL_SETTINGS = ("model", "device", "quantize", "backend")
 """Settings that choose the model: over TCP they belong to the command line."""
 
 RELEASE_AFTER_CHARS = 2**20
@@ -442,9 +442,11 @@ class CodeLlamaServer(LanguageServer):
             return None
         if outcome.error is not None:
             self.status.failed += 1
+            self.status.last_error = outcome.error
             log.warning("completion failed: %s", outcome.error)
             return None
         self.status.served += 1
+        self.status.last_error = None
         return outcome
 
     def answer(self, uri: str, doc_text: str, cursor: Cursor, head: str, completion: str, end: int) -> Answer:

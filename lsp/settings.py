@@ -17,11 +17,32 @@ import typing
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from engine.options import CompletionSettings, Device, PromptSettings, Quantization
+from engine.options import BackendKind, CompletionSettings, Device, PromptSettings, Quantization
 
 __all__ = ["PromptSettings", "Settings", "parse_settings", "to_json", "with_overrides"]
 
 UNION_TYPES = (typing.Union, types.UnionType)
+
+
+ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+@dataclass
+class BackendSettings:
+    """A shared inference server to complete with instead of the model in this process."""
+
+    url: str | None = None
+    """http(s)://HOST:PORT of vLLM, SGLang or llama.cpp's server; None: the model runs here."""
+    kind: BackendKind = "openai"
+    """openai: /v1/completions with token-id prompts; llamacpp: llama.cpp's /completion."""
+    api_key_env: str | None = None
+    """The environment variable that holds the API key (never the key itself)."""
+    model: str | None = None
+    """The served model's name; None: the first the server lists."""
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.url)
 
 
 @dataclass
@@ -37,6 +58,8 @@ class Settings(CompletionSettings):
     """Where the model runs: "auto" picks CUDA when available."""
     quantize: Quantization = "none"
     """Weight quantization applied at load time."""
+    backend: BackendSettings = dataclasses.field(default_factory=BackendSettings)
+    """A shared inference server; `model` then only supplies the tokenizer."""
     prefetch: bool = True
     """While a completion is shown, compute the one that follows accepting it."""
     classic_completion: bool = False
@@ -131,7 +154,26 @@ def parse_settings(values: Any, section: str = "codellama") -> tuple[Settings, l
     settings = parse_into(Settings, values, section, problems)
     if settings.model is not None and not settings.model.strip():
         settings.model = None  # editors' string settings default to "": the shipped model
+    check_backend(settings.backend, f"{section}.backend", problems)
     return settings, problems
+
+
+def check_backend(backend: BackendSettings, where: str, problems: list[str]) -> None:
+    """Blank strings are unset (editors' defaults); a bad URL or key variable is refused, so
+    nothing is sent anywhere the user did not clearly ask for."""
+    for name in ("url", "api_key_env", "model"):
+        value = getattr(backend, name)
+        if value is not None and not value.strip():
+            setattr(backend, name, None)
+    if backend.url is not None and not backend.url.startswith(("http://", "https://")):
+        problems.append(f"{where}.url: expected http://HOST:PORT or https://HOST:PORT, got {backend.url!r}; not used")
+        backend.url = None
+    if backend.api_key_env is not None and not ENV_NAME.fullmatch(backend.api_key_env):
+        problems.append(
+            f"{where}.apiKeyEnv: expected the name of an environment variable (the key itself never goes in "
+            "settings); ignored"
+        )
+        backend.api_key_env = None
 
 
 def with_overrides(base: Settings, values: Any, section: str = "codellama") -> tuple[Settings, list[str]]:

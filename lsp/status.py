@@ -42,6 +42,8 @@ class ModelState:
     message: str | None = None
     """Why the state is what it is (the load error, or what was loaded)."""
     load_seconds: float | None = None
+    backend: dict | None = None
+    """{"url", "kind", "model"} of the shared inference server in use; None: the model runs here."""
     loaded: Any = field(default=None, repr=False)
     """lsp.loading.ServedModel while ready."""
 
@@ -68,6 +70,8 @@ class Status:
     """Model calls that reused the KV cache for at least half of their prompt."""
     tokens_prefilled: int = 0
     """Prompt tokens run through the model (not reused from the KV cache), all model calls."""
+    tokens_reused: int = 0
+    """Prompt tokens served from the KV cache (with a backend: the server's prefix cache, as it reports)."""
     tokens_generated: int = 0
     """Tokens generated, all model calls (cancelled ones too: it is work done)."""
     accepted: int = 0
@@ -76,6 +80,8 @@ class Status:
     """Answers without an item (loading, disabled, bad position, or nothing left after post-processing)."""
     failed: int = 0
     """Requests whose model call raised an error."""
+    last_error: str | None = None
+    """The last such error (e.g. the backend is unreachable); None once a request succeeds again."""
     load_seconds: float | None = None
     latencies_ms: deque = field(default_factory=lambda: deque(maxlen=LATENCY_WINDOW))
     """Request-to-answer times of the requests the model served."""
@@ -84,6 +90,7 @@ class Status:
         """Account for one model call (engine.generate.GenerationStats), finished or cancelled."""
         self.generations += 1
         self.tokens_prefilled += stats.prefilled_tokens
+        self.tokens_reused += stats.reused_tokens
         self.tokens_generated += stats.generated_tokens
         if stats.prompt_tokens and stats.reused_tokens * 2 >= stats.prompt_tokens:
             self.cache_hits += 1
@@ -107,11 +114,14 @@ class Status:
             "recentPlaces": recent_places,
             "cacheHits": self.cache_hits,
             "tokensPrefilled": self.tokens_prefilled,
+            "tokensReused": self.tokens_reused,
             "tokensGenerated": self.tokens_generated,
             "generations": self.generations,
             "accepted": self.accepted,
             "empty": self.empty,
             "failed": self.failed,
+            "lastError": self.last_error,
+            "backend": model.backend,
             "loadSeconds": model.load_seconds,
             "generating": generating,
             "latencyMs": {

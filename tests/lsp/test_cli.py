@@ -100,11 +100,13 @@ async def test_serves_over_tcp(scripted_checkpoint, tmp_path):
 @pytest.mark.asyncio
 async def test_exits_when_the_editor_dies(tmp_path):
     # An editor that crashes sends no `exit`: the server must not live on holding a model.
-    editor = await asyncio.create_subprocess_exec("sleep", "1")
+    editor = await asyncio.create_subprocess_exec("sleep", "120")
     conn = await RawConnection.stdio(*server_command("--model", str(tmp_path / "none")))
     try:
         await conn.request("initialize", {"processId": editor.pid, "capabilities": {}})
         await conn.notify("initialized", {})
+        await conn.status()  # answered after `initialized`: the server is watching the editor now
+        editor.kill()  # (not a short-lived editor: on a busy machine it could die before `initialized`)
         await editor.wait()
         assert await asyncio.wait_for(conn.process.wait(), 30) == 1
     finally:

@@ -1,0 +1,341 @@
+"""A shared inference server as the pipeline's backend (vLLM, SGLang, llama.cpp's server).
+
+The tokenizer stays here: prompts go out as Code Llama's exact infilling token ids and the
+answer's token ids are decoded as in process (engine.middle_text), so post-processing,
+stop strings and typed-through behave the same. What the server adds is its own KV cache:
+llama.cpp's `cache_prompt` and vLLM's prefix caching serve the unchanged front of the
+prompt, and the number they report is what `codellama/status` shows as reused.
+
+Token healing: the first generated tokens must spell the characters the prompt backed up
+over. Each such token is one request for a single token with a logit bias that lifts the
+allowed tokens above all others (or bans the rest, whichever list is shorter); then one
+streamed request continues from the healed prompt. A server that ignores the bias is
+caught (the token it returns is not allowed): `can_heal` turns false and SPM prompts go
+out as PSM, which needs no healing.
+
+Stopping: the stream is read on the inference thread; a watcher thread shuts the socket
+down when the request is cancelled or its deadline passes, so a server busy with a long
+prefill is told at once (llama.cpp and vLLM abort a request whose client went away).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import socket
+import threading
+import time
+from collections.abc import Callable, Generator, Hashable, Iterator
+
+import httpx
+
+from engine.backend import Backend, Cancel, PromptTooLong, as_callable
+from engine.healing import HealingConstraint
+from engine.middle_text import MiddleText
+from engine.prompts import InfillPrompt
+from engine.sampling import GenerationStats, SamplingParams
+from engine.tokenizer import Tokenizer
+from engine.wire import (
+    HEALING_BIAS,
+    BackendConfig,
+    BackendError,
+    Chunk,
+    ServedModel,
+    WireError,
+    completion_body,
+    completion_path,
+    parse_event,
+    parse_models,
+)
+
+log = logging.getLogger(__name__)
+
+CONNECT_TIMEOUT_S = 5.0
+READ_TIMEOUT_S = 60.0
+"""Longest silence inside a request before it fails (the time budget usually ends it first)."""
+WATCH_INTERVAL_S = 0.01
+
+
+def redacted(text: str, secret: str | None) -> str:
+    return text.replace(secret, "***") if secret else text
+
+
+class RemoteEngine(Backend):
+    """Completions from a remote server; one request at a time per engine, like InfillEngine."""
+
+    def __init__(self, config: BackendConfig, tokenizer: Tokenizer, transport: httpx.BaseTransport | None = None):
+        tokenizer.require_infilling()
+        if not config.url.startswith(("http://", "https://")):
+            raise BackendError(f"backend URL {config.url!r}: expected http://HOST:PORT or https://HOST:PORT")
+        self.config = config
+        self.tokenizer = tokenizer
+        self._key = config.api_key()
+        headers = {"Authorization": f"Bearer {self._key}"} if self._key else {}
+        # verify=True: https certificates are checked (SSL_CERT_FILE may name a private CA).
+        timeout = httpx.Timeout(READ_TIMEOUT_S, connect=CONNECT_TIMEOUT_S)
+        self.client = httpx.Client(
+            base_url=config.url.rstrip("/"), headers=headers, timeout=timeout, verify=True, transport=transport,
+            trust_env=False,  # no proxy from the environment: prompts go only where the settings say
+        )  # fmt: skip
+        self.served: ServedModel = self.describe_server()
+        self.can_heal = True
+        self.last_cached_tokens: int | None = None
+
+    # ---- what the server serves ----
+
+    def describe_server(self) -> ServedModel:
+        """GET /v1/models: reachable, the model we want, the vocabulary our tokenizer has."""
+        served = parse_models(self._get_json("/v1/models"), self.config.model)
+        vocab = served.vocab_size
+        if vocab is not None and vocab < self.tokenizer.vocab_size:
+            raise BackendError(
+                f"{self.config.url} serves {served.name} with {vocab} tokens, but the tokenizer "
+                f"{self.tokenizer.path} has {self.tokenizer.vocab_size}: another model? Serve the checkpoint whose "
+                "tokenizer.model this is (codellama-lsp convert --format gguf|hf)"
+            )
+        return served
+
+    @property
+    def max_seq_len(self) -> int:
+        return self.served.context or self.trained_length
+
+    @property
+    def trained_length(self) -> int:
+        return self.served.trained_length or self.served.context or 4096
+
+    def describe(self) -> str:
+        return f"{self.served.name} at {self.config.url} ({self.config.kind}), {self.max_seq_len} positions per request"
+
+    def _get_json(self, path: str) -> object:
+        try:
+            response = self.client.get(path)
+        except httpx.HTTPError as e:
+            raise BackendError(f"{self.config.url}: unreachable ({self._say(e)})") from e
+        return self._json(response, f"GET {path}")
+
+    def _json(self, response: httpx.Response, what: str) -> object:
+        if response.status_code in (401, 403):
+            raise BackendError(f"{self.config.url}: {what} was refused ({response.status_code}): check the API key")
+        if response.status_code >= 400:
+            raise BackendError(f"{self.config.url}: {what} failed ({response.status_code}: {self._say(response.text)})")
+        try:
+            return response.json()
+        except ValueError as e:
+            raise BackendError(f"{self.config.url}: {what} did not answer JSON ({e})") from e
+
+    def _say(self, error: object) -> str:
+        return redacted(str(error), self._key)[:300]
+
+    # ---- completions ----
+
+    def stream(
+        self,
+        prompt: InfillPrompt,
+        params: SamplingParams | None = None,
+        *,
+        session: Hashable | None = None,
+        cancel: Cancel = None,
+        started: float | None = None,
+    ) -> RemoteStream:
+        params = params or SamplingParams()
+        return RemoteStream(self, prompt, params, as_callable(cancel), started or time.perf_counter())
+
+    def events(self, body: dict, stop: Callable[[], bool]) -> Iterator[Chunk]:
+        """POST one completion request; yield its streamed events until the server ends it.
+        Ends early (without error) when stop() turns true: the connection is shut down."""
+        path = completion_path(self.config.kind)
+        done = threading.Event()
+        try:
+            with self.client.stream("POST", path, json=body) as response:
+                if response.status_code >= 400:
+                    response.read()
+                    self._json(response, f"POST {path}")  # raises with the server's message
+                watcher = threading.Thread(target=shut_down_when, args=(response, stop, done), daemon=True)
+                watcher.start()
+                for line in response.iter_lines():
+                    if not line.startswith("data:"):
+                        continue  # SSE comments (pings), event names, blank separators
+                    data = line[5:].strip()
+                    if data == "[DONE]":
+                        return
+                    try:
+                        yield parse_event(self.config.kind, json.loads(data))
+                    except (ValueError, WireError) as e:
+                        raise BackendError(f"{self.config.url}: POST {path}: {self._say(e)}") from e
+        except httpx.HTTPError as e:
+            if stop():
+                return  # we shut it down
+            raise BackendError(f"{self.config.url}: POST {path} failed ({self._say(e)})") from e
+        finally:
+            done.set()
+
+    def close(self) -> None:
+        self.client.close()
+
+
+def shut_down_when(response: httpx.Response, stop: Callable[[], bool], done: threading.Event) -> None:
+    """Until the request is done: if stop() turns true, shut the socket down (a blocked read
+    returns at once, and the server sees its client leave)."""
+    while not done.wait(WATCH_INTERVAL_S):
+        if stop():
+            stream = response.extensions.get("network_stream")
+            sock = stream.get_extra_info("socket") if stream is not None else None
+            if isinstance(sock, socket.socket):
+                try:
+                    sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+            return
+
+
+class RemoteStream:
+    """One completion from the server, with the interface of engine.session.Stream."""
+
+    def __init__(
+        self,
+        engine: RemoteEngine,
+        prompt: InfillPrompt,
+        params: SamplingParams,
+        cancel: Callable[[], bool],
+        started: float,
+    ) -> None:
+        self.engine, self.prompt, self.params, self.cancel = engine, prompt, params, cancel
+        self.deadline = started + params.time_budget_s if params.time_budget_s is not None else math.inf
+        tok = engine.tokenizer
+        self.middle = MiddleText(tok, prompt.healing, params.stop)
+        self.stats = GenerationStats(prompt_tokens=len(prompt.tokens))
+        self.generated: list[int] = []
+        self._asked: str | None = None
+        self._run: Generator[str, None, None] | None = None
+        self._stop_ids = {t for t in (tok.eot_id, tok.eos_id) if t is not None and t >= 0}
+
+    @property
+    def text(self) -> str:
+        return self.middle.text
+
+    def stop(self, reason: str) -> None:
+        self._asked = self._asked or reason
+
+    def __enter__(self) -> RemoteStream:
+        if len(self.prompt.tokens) >= self.engine.max_seq_len:
+            raise PromptTooLong(
+                f"the prompt has {len(self.prompt.tokens)} tokens but the server takes {self.engine.max_seq_len} "
+                "per request: lower the prompt budget"
+            )
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._run is not None:
+            self._run.close()  # a caller that broke out: close the HTTP stream now, not at GC
+        if not self.stats.stop_reason:
+            self.stats.stop_reason = self._asked or "cancelled"
+        self.stats.generated_tokens = len(self.generated)
+
+    def _should_stop(self) -> bool:
+        return bool(self._asked) or self.cancel() or time.perf_counter() >= self.deadline
+
+    def _why_stopped(self) -> str:
+        return self._asked or ("cancelled" if self.cancel() else "time_budget")
+
+    def __iter__(self) -> Iterator[str]:
+        if self._run is None:
+            self._run = self._generate()
+        return self._run
+
+    def _generate(self) -> Generator[str, None, None]:
+        t0 = time.perf_counter()
+        first = True
+        try:
+            constraint = HealingConstraint(self.engine.tokenizer, self.prompt.healing) if self.prompt.healing else None
+            while constraint is not None and constraint.active:
+                allowed = constraint.allowed()
+                if not allowed:
+                    break
+                token = self._one_healing_token(allowed)
+                if first:
+                    self.stats.prefill_s, first = time.perf_counter() - t0, False
+                if token is None:
+                    return
+                constraint.advance(token)
+                yield self._take(token)
+                if self._done():
+                    return
+            remaining = self.params.max_new_tokens - len(self.generated)
+            body = self._body(remaining, None, stream=True)
+            for chunk in self.engine.events(body, self._should_stop):
+                self._account(chunk)
+                for token in chunk.tokens or self._tokens_of_text(chunk.text):
+                    if first:
+                        self.stats.prefill_s, first = time.perf_counter() - t0, False
+                    if token in self._stop_ids:
+                        self.stats.stop_reason = "eot" if token == self.engine.tokenizer.eot_id else "eos"
+                        return
+                    yield self._take(token)
+                    if self._done():
+                        return
+                if chunk.finish_reason is not None:
+                    self.stats.stop_reason = "max_tokens" if chunk.finish_reason in ("length", "limit") else "eot"
+                    return
+            if self._should_stop():
+                self.stats.stop_reason = self._why_stopped()
+        finally:
+            self.stats.decode_s = time.perf_counter() - t0 - self.stats.prefill_s
+
+    def _body(self, max_tokens: int, logit_bias: dict[int, float] | None, stream: bool) -> dict:
+        p = self.params
+        tokens = self.prompt.tokens + self.generated
+        c = self.engine.config
+        return completion_body(c.kind, tokens, max_tokens, p.temperature, p.top_p, p.seed, logit_bias, c.model, stream)
+
+    def _one_healing_token(self, allowed: list[int]) -> int | None:
+        """One constrained token (None: the request was stopped, or the server ended it)."""
+        vocab = self.engine.tokenizer.vocab_size
+        if len(allowed) <= vocab // 2:
+            bias = {t: HEALING_BIAS for t in allowed}
+        else:  # most tokens are allowed: ban the others instead
+            ok = set(allowed)
+            ban = -math.inf if self.engine.config.kind == "llamacpp" else -HEALING_BIAS
+            bias = {t: ban for t in range(vocab) if t not in ok}
+        for chunk in self.engine.events(self._body(1, bias, stream=True), self._should_stop):
+            self._account(chunk)
+            tokens = chunk.tokens or self._tokens_of_text(chunk.text)
+            if tokens:
+                if tokens[0] not in set(allowed):
+                    self.engine.can_heal = False
+                    raise BackendError(
+                        f"{self.engine.config.url} ignored the logit bias that token healing needs; "
+                        "further SPM prompts go out as PSM"
+                    )
+                return tokens[0]
+        self.stats.stop_reason = self._why_stopped() if self._should_stop() else "eot"
+        return None
+
+    def _tokens_of_text(self, text: str) -> list[int]:
+        """A server that sends no token ids: our tokenization of its text (rarely identical)."""
+        return self.engine.tokenizer.encode_infilling(text) if text else []
+
+    def _take(self, token: int) -> str:
+        self.generated.append(token)
+        piece = self.middle.add(token)
+        if self.middle.stopped:
+            self._asked = "stop_string"
+        return piece
+
+    def _done(self) -> bool:
+        if self._asked:
+            return True
+        if len(self.generated) >= self.params.max_new_tokens:
+            self._asked = "max_tokens"
+        elif time.perf_counter() >= self.deadline:
+            self._asked = "time_budget"
+        elif self.cancel():
+            self._asked = "cancelled"
+        return bool(self._asked)
+
+    def _account(self, chunk: Chunk) -> None:
+        if chunk.cached_tokens is not None:
+            # the server's prefix cache: what it did not have to prefill
+            self.stats.reused_tokens = min(chunk.cached_tokens, len(self.prompt.tokens))
+            self.stats.prefilled_tokens = len(self.prompt.tokens) - self.stats.reused_tokens
+            self.engine.last_cached_tokens = chunk.cached_tokens
