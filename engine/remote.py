@@ -55,6 +55,8 @@ CONNECT_TIMEOUT_S = 5.0
 READ_TIMEOUT_S = 60.0
 """Longest silence inside a request before it fails (the time budget usually ends it first)."""
 WATCH_INTERVAL_S = 0.01
+UTF8_SLACK = 3
+"""Tokens asked for beyond ours (see RemoteStream._generate); we stop at our own limit."""
 
 
 def redacted(text: str, secret: str | None) -> str:
@@ -71,22 +73,59 @@ class RemoteEngine(Backend):
         self.config = config
         self.tokenizer = tokenizer
         self._key = config.api_key()
-        headers = {"Authorization": f"Bearer {self._key}"} if self._key else {}
-        # verify=True: https certificates are checked (SSL_CERT_FILE may name a private CA).
-        timeout = httpx.Timeout(READ_TIMEOUT_S, connect=CONNECT_TIMEOUT_S)
-        self.client = httpx.Client(
-            base_url=config.url.rstrip("/"), headers=headers, timeout=timeout, verify=True, transport=transport,
-            trust_env=False,  # no proxy from the environment: prompts go only where the settings say
-        )  # fmt: skip
+        self._transport = transport
+        self._socket: socket.socket | None = None
+        """The one connection's socket (the pool keeps one), recorded when it connects."""
+        self._broken = False
+        self.client = self._new_client()
         self.served: ServedModel = self.describe_server()
         self.can_heal = True
         self.last_cached_tokens: int | None = None
+
+    def _new_client(self) -> httpx.Client:
+        headers = {"Authorization": f"Bearer {self._key}"} if self._key else {}
+        # One connection, so that the socket to shut down on cancel is the one in use; https
+        # certificates verified (SSL_CERT_FILE may name a private CA); no proxy from the
+        # environment: prompts go only where the settings say.
+        transport = self._transport or httpx.HTTPTransport(
+            verify=True, trust_env=False, limits=httpx.Limits(max_connections=1, max_keepalive_connections=1)
+        )
+        timeout = httpx.Timeout(READ_TIMEOUT_S, connect=CONNECT_TIMEOUT_S)
+        return httpx.Client(
+            base_url=self.config.url.rstrip("/"), headers=headers, timeout=timeout, transport=transport,
+            trust_env=False, follow_redirects=False,
+        )  # fmt: skip
+
+    def _trace(self, event: str, info: dict) -> None:
+        """httpcore's trace hook: remember the socket of each new connection."""
+        if event == "connection.connect_tcp.complete":
+            stream = info.get("return_value")
+            sock = stream.get_extra_info("socket") if stream is not None else None
+            if isinstance(sock, socket.socket):
+                self._socket = sock
+
+    def _shut_down_when(self, stop: Callable[[], bool], done: threading.Event) -> None:
+        """Until the request is done: once stop() turns true, shut its socket down, so a read
+        blocked on the headers or the next event returns at once and the server sees its
+        client leave (llama.cpp and vLLM then abort the generation)."""
+        while not done.wait(WATCH_INTERVAL_S):
+            if stop():
+                self._broken = True  # the pooled connection is dead: the next request makes a new client
+                if self._socket is not None:
+                    try:
+                        self._socket.shutdown(socket.SHUT_RDWR)
+                    except OSError:
+                        pass
+                return
 
     # ---- what the server serves ----
 
     def describe_server(self) -> ServedModel:
         """GET /v1/models: reachable, the model we want, the vocabulary our tokenizer has."""
-        served = parse_models(self._get_json("/v1/models"), self.config.model)
+        try:
+            served = parse_models(self._get_json("/v1/models"), self.config.model)
+        except WireError as e:
+            raise BackendError(f"{self.config.url}: {e}") from e
         vocab = served.vocab_size
         if vocab is not None and vocab < self.tokenizer.vocab_size:
             raise BackendError(
@@ -109,7 +148,7 @@ class RemoteEngine(Backend):
 
     def _get_json(self, path: str) -> object:
         try:
-            response = self.client.get(path)
+            response = self.client.get(path, extensions={"trace": self._trace})
         except httpx.HTTPError as e:
             raise BackendError(f"{self.config.url}: unreachable ({self._say(e)})") from e
         return self._json(response, f"GET {path}")
@@ -142,51 +181,44 @@ class RemoteEngine(Backend):
         return RemoteStream(self, prompt, params, as_callable(cancel), started or time.perf_counter())
 
     def events(self, body: dict, stop: Callable[[], bool]) -> Iterator[Chunk]:
-        """POST one completion request; yield its streamed events until the server ends it.
-        Ends early (without error) when stop() turns true: the connection is shut down."""
+        """POST one completion request; yield its events (streamed, or the one answer) until the
+        server ends it. Ends early, without error, once stop() turns true."""
         path = completion_path(self.config.kind)
+        if self._broken:
+            self.client.close()
+            self.client, self._broken = self._new_client(), False
         done = threading.Event()
+        threading.Thread(target=self._shut_down_when, args=(stop, done), daemon=True).start()
         try:
-            with self.client.stream("POST", path, json=body) as response:
+            with self.client.stream("POST", path, json=body, extensions={"trace": self._trace}) as response:
                 if response.status_code >= 400:
                     response.read()
                     self._json(response, f"POST {path}")  # raises with the server's message
-                watcher = threading.Thread(target=shut_down_when, args=(response, stop, done), daemon=True)
-                watcher.start()
+                if not body.get("stream"):
+                    yield self._parse(json.loads(response.read()), path)
+                    return
                 for line in response.iter_lines():
                     if not line.startswith("data:"):
                         continue  # SSE comments (pings), event names, blank separators
                     data = line[5:].strip()
                     if data == "[DONE]":
                         return
-                    try:
-                        yield parse_event(self.config.kind, json.loads(data))
-                    except (ValueError, WireError) as e:
-                        raise BackendError(f"{self.config.url}: POST {path}: {self._say(e)}") from e
-        except httpx.HTTPError as e:
+                    yield self._parse(json.loads(data), path)
+        except (httpx.HTTPError, json.JSONDecodeError) as e:
             if stop():
                 return  # we shut it down
             raise BackendError(f"{self.config.url}: POST {path} failed ({self._say(e)})") from e
         finally:
             done.set()
 
+    def _parse(self, event: object, path: str) -> Chunk:
+        try:
+            return parse_event(self.config.kind, event)
+        except WireError as e:
+            raise BackendError(f"{self.config.url}: POST {path}: {self._say(e)}") from e
+
     def close(self) -> None:
         self.client.close()
-
-
-def shut_down_when(response: httpx.Response, stop: Callable[[], bool], done: threading.Event) -> None:
-    """Until the request is done: if stop() turns true, shut the socket down (a blocked read
-    returns at once, and the server sees its client leave)."""
-    while not done.wait(WATCH_INTERVAL_S):
-        if stop():
-            stream = response.extensions.get("network_stream")
-            sock = stream.get_extra_info("socket") if stream is not None else None
-            if isinstance(sock, socket.socket):
-                try:
-                    sock.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
-            return
 
 
 class RemoteStream:
@@ -208,6 +240,8 @@ class RemoteStream:
         self.generated: list[int] = []
         self._asked: str | None = None
         self._run: Generator[str, None, None] | None = None
+        self.server_prompt_tokens: int | None = None
+        """The last request's prompt length as the server counted it (ours, if it took our ids)."""
         self._stop_ids = {t for t in (tok.eot_id, tok.eos_id) if t is not None and t >= 0}
 
     @property
@@ -261,11 +295,13 @@ class RemoteStream:
                 yield self._take(token)
                 if self._done():
                     return
+            # + UTF8_SLACK: llama.cpp sends a token that leaves a character incomplete only with
+            # the one completing it, so the last of ours may need up to three more from it
             remaining = self.params.max_new_tokens - len(self.generated)
-            body = self._body(remaining, None, stream=True)
+            body = self._body(remaining + UTF8_SLACK, None, stream=True)
             for chunk in self.engine.events(body, self._should_stop):
                 self._account(chunk)
-                for token in chunk.tokens or self._tokens_of_text(chunk.text):
+                for token in self._tokens_of(chunk):
                     if first:
                         self.stats.prefill_s, first = time.perf_counter() - t0, False
                     if token in self._stop_ids:
@@ -297,9 +333,11 @@ class RemoteStream:
             ok = set(allowed)
             ban = -math.inf if self.engine.config.kind == "llamacpp" else -HEALING_BIAS
             bias = {t: ban for t in range(vocab) if t not in ok}
-        for chunk in self.engine.events(self._body(1, bias, stream=True), self._should_stop):
+        # Not streamed: a byte-fallback token that leaves a character incomplete is never sent
+        # as an event by llama.cpp; a whole answer always carries every token id.
+        for chunk in self.engine.events(self._body(1, bias, stream=False), self._should_stop):
             self._account(chunk)
-            tokens = chunk.tokens or self._tokens_of_text(chunk.text)
+            tokens = self._tokens_of(chunk)
             if tokens:
                 if tokens[0] not in set(allowed):
                     self.engine.can_heal = False
@@ -311,9 +349,24 @@ class RemoteStream:
         self.stats.stop_reason = self._why_stopped() if self._should_stop() else "eot"
         return None
 
-    def _tokens_of_text(self, text: str) -> list[int]:
-        """A server that sends no token ids: our tokenization of its text (rarely identical)."""
-        return self.engine.tokenizer.encode_infilling(text) if text else []
+    def _tokens_of(self, chunk: Chunk) -> list[int]:
+        """The token ids an event stands for.
+
+        llama.cpp holds back a token that leaves the text with an incomplete UTF-8 character
+        (a byte-fallback token) and sends it later inside the next event's text, with only that
+        event's own token id; its `bytes` (exact, unlike the text, which has U+FFFD for a bad
+        sequence) give the held bytes, recovered as their byte tokens. A server that
+        sends no ids at all gets our tokenization of its text (rarely identical)."""
+        tok = self.engine.tokenizer
+        if not chunk.tokens:
+            return tok.encode_infilling(chunk.text) if chunk.text else []
+        if len(chunk.tokens) != 1 or not chunk.sent_bytes:
+            return chunk.tokens
+        sent, own = chunk.sent_bytes, tok.token_bytes[chunk.tokens[0]]
+        if len(sent) <= len(own) or not sent.endswith(own):
+            return chunk.tokens
+        held = [tok.byte_token(b) for b in sent[: len(sent) - len(own)]]
+        return chunk.tokens if None in held else [*held, chunk.tokens[0]]  # type: ignore[list-item]
 
     def _take(self, token: int) -> str:
         self.generated.append(token)
@@ -334,6 +387,8 @@ class RemoteStream:
         return bool(self._asked)
 
     def _account(self, chunk: Chunk) -> None:
+        if chunk.prompt_tokens is not None:
+            self.server_prompt_tokens = chunk.prompt_tokens
         if chunk.cached_tokens is not None:
             # the server's prefix cache: what it did not have to prefill
             self.stats.reused_tokens = min(chunk.cached_tokens, len(self.prompt.tokens))

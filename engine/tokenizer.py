@@ -113,6 +113,14 @@ class Tokenizer:
                 table.append(self.sp.id_to_piece(token).replace("▁", " ").encode("utf-8"))
         return table
 
+    def byte_token(self, value: int) -> int | None:
+        """The byte-fallback token <0xNN> for one byte, if the vocabulary has it."""
+        return self._byte_tokens.get(value)
+
+    @cached_property
+    def _byte_tokens(self) -> dict[int, int]:
+        return {data[0]: t for t, data in enumerate(self.token_bytes) if self.sp.is_byte(t)}
+
     @cached_property
     def tokens_by_first_byte(self) -> dict[int, list[int]]:
         """Token ids grouped by their first byte, for fast constrained decoding."""

@@ -69,11 +69,14 @@ class Chunk:
     tokens: list[int] = field(default_factory=list)
     text: str = ""
     """The server's own decoding of those tokens (used only when it sends no token ids)."""
+    sent_bytes: bytes | None = None
+    """llama.cpp: the raw bytes of the text this event sends (its `bytes`, not lossy like `text`)."""
     finish_reason: str | None = None
     """None while generating; "stop" (EOS/EOT or a stop string), "length", ..."""
     cached_tokens: int | None = None
     """Prompt tokens the server's prefix cache served (last event only)."""
     prompt_tokens: int | None = None
+    """The prompt's length as the server counted it."""
 
 
 def completion_path(kind: BackendKind) -> str:
@@ -107,11 +110,11 @@ def completion_body(
             "logprobs": 1,  # the token ids ride on the log-probabilities
             "return_tokens_as_token_ids": True,  # vLLM: logprobs.tokens as "token_id:N"
             "skip_special_tokens": False,  # vLLM: keep <EOT> visible, we stop on it ourselves
-            # vLLM: usage (cached prompt tokens) in every event, as we may stop reading early
-            "stream_options": {"include_usage": True, "continuous_usage_stats": True},
             "min_p": 0.0,
             "top_k": -1 if temperature > 0 else 1,  # vLLM's and llama.cpp's "no top-k" / greedy
         }
+        if stream:  # vLLM: usage (cached prompt tokens) in every event, as we may stop reading early
+            body["stream_options"] = {"include_usage": True, "continuous_usage_stats": True}
         if model:
             body["model"] = model
         if logit_bias:
@@ -121,6 +124,7 @@ def completion_body(
             "n_predict": max_tokens,
             "cache_prompt": True,
             "return_tokens": True,
+            "n_probs": 1,  # for `bytes`: the exact bytes of each event's text
             "top_k": 0,
             "min_p": 0.0,
             "repeat_penalty": 1.0,
@@ -144,18 +148,23 @@ def parse_event(kind: BackendKind, event: Any) -> Chunk:
         timings = event.get("timings") or {}
         stop = event.get("stop") is True
         reason = event.get("stop_type") if stop else None
+        probs = event.get("completion_probabilities")
         return Chunk(
             tokens=check_ids(tokens, "tokens"),
             text=str(event.get("content") or ""),
+            sent_bytes=sent_bytes(probs),
             finish_reason=(reason or "stop") if stop else None,
             cached_tokens=timings.get("cache_n"),
-            prompt_tokens=event.get("tokens_evaluated") if stop else None,
+            prompt_tokens=event.get("tokens_evaluated"),
         )
     usage = event.get("usage") or {}
     details = usage.get("prompt_tokens_details") or {}
     timings = event.get("timings") or {}
     cached = details.get("cached_tokens", timings.get("cache_n"))
-    chunk = Chunk(cached_tokens=cached, prompt_tokens=usage.get("prompt_tokens"))
+    prompt_tokens = usage.get("prompt_tokens")
+    if prompt_tokens is None and "prompt_n" in timings:  # llama.cpp, timings_per_token
+        prompt_tokens = timings["prompt_n"] + timings.get("cache_n", 0)
+    chunk = Chunk(cached_tokens=cached, prompt_tokens=prompt_tokens)
     choices = event.get("choices") or []
     if choices:
         choice = choices[0]
@@ -163,8 +172,21 @@ def parse_event(kind: BackendKind, event: Any) -> Chunk:
             raise WireError("choices[0] is not an object")
         chunk.text = str(choice.get("text") or "")
         chunk.finish_reason = choice.get("finish_reason")
-        chunk.tokens = openai_token_ids(choice.get("logprobs"))
+        logprobs = choice.get("logprobs")
+        chunk.tokens = openai_token_ids(logprobs)
+        if isinstance(logprobs, dict):
+            chunk.sent_bytes = sent_bytes(logprobs.get("content"))
     return chunk
+
+
+def sent_bytes(entries: Any) -> bytes | None:
+    """llama.cpp's per-token `bytes` (a list of ints) of a one-token event, if present."""
+    if not (isinstance(entries, list) and len(entries) == 1 and isinstance(entries[0], dict)):
+        return None
+    values = entries[0].get("bytes")
+    if not isinstance(values, list) or not all(isinstance(v, int) and 0 <= v < 256 for v in values):
+        return None
+    return bytes(values)
 
 
 def openai_token_ids(logprobs: Any) -> list[int]:
