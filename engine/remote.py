@@ -240,6 +240,9 @@ class RemoteStream:
         self.generated: list[int] = []
         self._asked: str | None = None
         self._run: Generator[str, None, None] | None = None
+        self._request = 0
+        self._generated_at_request = 0
+        self._prefilled: dict[int, int] = {}
         self.server_prompt_tokens: int | None = None
         """The last request's prompt length as the server counted it (ours, if it took our ids)."""
         self._stop_ids = {t for t in (tok.eot_id, tok.eos_id) if t is not None and t >= 0}
@@ -299,6 +302,7 @@ class RemoteStream:
             # the one completing it, so the last of ours may need up to three more from it
             remaining = self.params.max_new_tokens - len(self.generated)
             body = self._body(remaining + UTF8_SLACK, None, stream=True)
+            self._new_request()
             for chunk in self.engine.events(body, self._should_stop):
                 self._account(chunk)
                 for token in self._tokens_of(chunk):
@@ -335,6 +339,7 @@ class RemoteStream:
             bias = {t: ban for t in range(vocab) if t not in ok}
         # Not streamed: a byte-fallback token that leaves a character incomplete is never sent
         # as an event by llama.cpp; a whole answer always carries every token id.
+        self._new_request()
         for chunk in self.engine.events(self._body(1, bias, stream=False), self._should_stop):
             self._account(chunk)
             tokens = self._tokens_of(chunk)
@@ -387,10 +392,21 @@ class RemoteStream:
         return bool(self._asked)
 
     def _account(self, chunk: Chunk) -> None:
+        """What the server's prefix cache served: of the first request's prompt (ours), reused;
+        what each request had to prefill (a healing request's prompt, then the prompt plus the
+        healed tokens), prefilled."""
         if chunk.prompt_tokens is not None:
             self.server_prompt_tokens = chunk.prompt_tokens
-        if chunk.cached_tokens is not None:
-            # the server's prefix cache: what it did not have to prefill
-            self.stats.reused_tokens = min(chunk.cached_tokens, len(self.prompt.tokens))
-            self.stats.prefilled_tokens = len(self.prompt.tokens) - self.stats.reused_tokens
-            self.engine.last_cached_tokens = chunk.cached_tokens
+        if chunk.cached_tokens is None:
+            return
+        sent = len(self.prompt.tokens) + self._generated_at_request
+        cached = min(chunk.cached_tokens, sent)
+        if self._request == 1:
+            self.stats.reused_tokens = cached
+        self._prefilled[self._request] = sent - cached
+        self.stats.prefilled_tokens = sum(self._prefilled.values())
+        self.engine.last_cached_tokens = chunk.cached_tokens
+
+    def _new_request(self) -> None:
+        self._request += 1
+        self._generated_at_request = len(self.generated)

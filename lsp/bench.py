@@ -155,11 +155,15 @@ async def status(client: LanguageClient) -> dict[str, Any]:
     return plain(await client.protocol.send_request_async("codellama/status", None))
 
 
-async def replay(session: Session, key_s: float, line_pause_s: float, think_s: float) -> None:
+async def replay(
+    session: Session, key_s: float, line_pause_s: float, think_s: float, files: tuple[str, str] = ("decoder", "encoder")
+) -> None:
+    """The scripted session, typed into json/<files[0]>.py, visiting json/<files[1]>.py."""
     root = Path(json.__file__).parent
-    main_uri, other_uri = (root / "decoder.py").as_uri(), (root / "encoder.py").as_uri()
-    session.open(other_uri, (root / "encoder.py").read_text(encoding="utf-8"))
-    session.open(main_uri, (root / "decoder.py").read_text(encoding="utf-8") + "\n\n")
+    main_file, other_file = (root / f"{name}.py" for name in files)
+    main_uri, other_uri = main_file.as_uri(), other_file.as_uri()
+    session.open(other_uri, other_file.read_text(encoding="utf-8"))
+    session.open(main_uri, main_file.read_text(encoding="utf-8") + "\n\n")
     offset = len(session.texts[main_uri])
     first, second = FUNCTIONS
     cut = first.index("    parts = []")
@@ -273,7 +277,8 @@ async def accept_latencies(session: Session, accepts: int, read_s: float) -> lis
     return times
 
 
-async def run(args: argparse.Namespace) -> int:
+async def start_server(server_args: list[str], options: dict | None) -> LanguageClient | None:
+    """`codellama-lsp SERVER_ARGS` over stdio, initialized, its model ready (None: it failed to load)."""
     client = LanguageClient("codellama-lsp-bench", "0.1")
 
     @client.feature(types.WINDOW_WORK_DONE_PROGRESS_CREATE)
@@ -284,15 +289,11 @@ async def run(args: argparse.Namespace) -> int:
     def ignore_status(params: Any) -> None:
         return None
 
-    command = ["-m", "lsp", "--model", args.model, "--device", args.device, "--quantize", args.quantize]
-    if args.threads:
-        command += ["--threads", str(args.threads)]
-    await client.start_io(sys.executable, *command)
+    await client.start_io(sys.executable, "-m", "lsp", *server_args)
     capabilities = types.ClientCapabilities(
         window=types.WindowClientCapabilities(work_done_progress=True),
         general=types.GeneralClientCapabilities(position_encodings=[types.PositionEncodingKind.Utf16]),
     )
-    options = {"maxTokens": args.max_tokens} if args.max_tokens else None
     await client.initialize_async(
         types.InitializeParams(capabilities=capabilities, process_id=os.getpid(), initialization_options=options)
     )
@@ -301,6 +302,23 @@ async def run(args: argparse.Namespace) -> int:
         await asyncio.sleep(0.2)
     if current["state"] != "ready":
         print(f"the model did not load: {current['message']}", file=sys.stderr)
+        return None
+    return client
+
+
+async def stop_server(client: LanguageClient) -> None:
+    await client.shutdown_async(None)
+    client.exit(None)
+    await client.stop()
+
+
+async def run(args: argparse.Namespace) -> int:
+    command = ["--model", args.model, "--device", args.device, "--quantize", args.quantize]
+    if args.threads:
+        command += ["--threads", str(args.threads)]
+    options = {"maxTokens": args.max_tokens} if args.max_tokens else None
+    client = await start_server(command, options)
+    if client is None:
         return 1
     session = Session(client)
     started = time.perf_counter()
@@ -324,9 +342,7 @@ async def run(args: argparse.Namespace) -> int:
         times = await accept_latencies(Session(client), args.accepts, args.read_ms / 1000)
         label = "prefetch on (the default)" if prefetch else "prefetch off"
         print(f"| {label} | {percentile(times, 50) or 0:.0f} | {percentile(times, 95) or 0:.0f} |")
-    await client.shutdown_async(None)
-    client.exit(None)
-    await client.stop()
+    await stop_server(client)
     return 0
 
 

@@ -33,8 +33,10 @@ def llama_server_binary() -> str:
 class LlamaServer:
     """One llama-server process; `url` is where it listens."""
 
-    def __init__(self, gguf: Path, parallel: int = 1, port: int | None = None, log: Path | None = None) -> None:
-        self.gguf, self.parallel = gguf, parallel
+    def __init__(
+        self, gguf: Path, parallel: int = 1, port: int | None = None, log: Path | None = None, extra: tuple = ()
+    ) -> None:
+        self.gguf, self.parallel, self.extra = gguf, parallel, list(extra)
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = log or gguf.with_suffix(f".{self.port}.log")
@@ -44,6 +46,7 @@ class LlamaServer:
         command = [
             llama_server_binary(), "-m", str(self.gguf), "--host", "127.0.0.1", "--port", str(self.port),
             "-c", str(1024 * self.parallel), "-np", str(self.parallel), "-t", "1", "--slots", "--no-webui",
+            *self.extra,
         ]  # fmt: skip
         with self.log.open("ab") as log:
             self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)

@@ -219,6 +219,28 @@ def test_another_model_is_refused_with_the_reason(tiny_server, tokenizer_path, t
         RemoteEngine(BackendConfig(tiny_server.url, "openai", model="codellama-13b"), Tokenizer(tokenizer_path))
 
 
+def test_the_api_key_comes_from_the_environment_and_never_shows(binary, tiny_checkpoint, tokenizer_path, tmp_path,
+                                                                monkeypatch):  # fmt: skip
+    from engine.tokenizer import Tokenizer
+
+    key = "sk-team-0123456789abcdef"
+    gguf = export_gguf(tiny_checkpoint, tmp_path / "tiny.gguf")
+    server = LlamaServer(gguf, extra=("--api-key", key)).start()
+    try:
+        tok = Tokenizer(tokenizer_path)
+        with pytest.raises(BackendError, match="TEAM_KEY, but that environment variable is not set"):
+            RemoteEngine(BackendConfig(server.url, "openai", api_key_env="TEAM_KEY"), tok)
+        monkeypatch.setenv("TEAM_KEY", "sk-wrong-key-987")
+        with pytest.raises(BackendError, match="refused \\(401\\): check the API key") as refused:
+            RemoteEngine(BackendConfig(server.url, "openai", api_key_env="TEAM_KEY"), tok)
+        assert "sk-wrong-key-987" not in str(refused.value)
+        monkeypatch.setenv("TEAM_KEY", key)
+        remote = RemoteEngine(BackendConfig(server.url, "llamacpp", api_key_env="TEAM_KEY"), tok)
+        assert remote.complete("def f(x):\n    ", "\n", params=SamplingParams(max_new_tokens=3)).stats.generated_tokens
+    finally:
+        server.stop()
+
+
 # ---- through the real language server ----
 
 
