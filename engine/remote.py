@@ -293,6 +293,7 @@ class RemoteStream:
                 if first:
                     self.stats.prefill_s, first = time.perf_counter() - t0, False
                 if token is None:
+                    self._fail_if_silent()
                     return
                 constraint.advance(token)
                 yield self._take(token)
@@ -319,8 +320,19 @@ class RemoteStream:
                     return
             if self._should_stop():
                 self.stats.stop_reason = self._why_stopped()
+                self._fail_if_silent()
         finally:
             self.stats.decode_s = time.perf_counter() - t0 - self.stats.prefill_s
+
+    def _fail_if_silent(self) -> None:
+        """A time budget that ran out before the server sent anything is the server's problem
+        (overloaded, or a prefill it cannot do in time): say so, rather than show nothing."""
+        if self.stats.stop_reason == "time_budget" and not self.generated:
+            budget = self.params.time_budget_s or 0.0
+            raise BackendError(
+                f"{self.engine.config.url} sent no token within the {budget:.1f} s time budget "
+                f"(prompt {len(self.prompt.tokens)} tokens): is it overloaded? (timeBudgetMs raises the budget)"
+            )
 
     def _body(self, max_tokens: int, logit_bias: dict[int, float] | None, stream: bool) -> dict:
         p = self.params

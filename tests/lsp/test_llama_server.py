@@ -200,10 +200,11 @@ def test_a_server_that_does_not_answer_ends_at_the_time_budget(local):
         remote = RemoteEngine(BackendConfig(f"http://127.0.0.1:{port}", "openai"), local.tokenizer)
         started = time.perf_counter()
         prompt = Pipeline(remote).plan(Snapshot("x = ", 4), CompletionSettings()).prompt
-        with remote.stream(prompt, SamplingParams(max_new_tokens=8, time_budget_s=0.3), started=started) as stream:
-            pieces = list(stream)
-        assert time.perf_counter() - started < 2.0
-        assert stream.stats.stop_reason == "time_budget" and not "".join(pieces)
+        params = SamplingParams(max_new_tokens=8, time_budget_s=0.3)
+        with pytest.raises(BackendError, match=r"sent no token within the 0\.3 s time budget"):
+            with remote.stream(prompt, params, started=started) as stream:
+                list(stream)
+        assert time.perf_counter() - started < 2.0 and stream.stats.stop_reason == "time_budget"
     finally:
         listener.close()
 
