@@ -55,4 +55,6 @@ def export_model(
             f"--format gguf writes Q8_0 for int8, not {quantize}; llama.cpp's llama-quantize makes the Q4 types"
         )
     file_type = "q8_0" if quantize == "int8" else GGUF_TYPE_BY_DTYPE[dtype or torch.float32]
-    return save_gguf(out if out.suffix == ".gguf" else out.with_suffix(".gguf"), model, tokenizer_path, file_type)
+    return save_gguf(
+        out if out.suffix == ".gguf" else out.with_name(out.name + ".gguf"), model, tokenizer_path, file_type
+    )

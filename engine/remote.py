@@ -27,6 +27,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Generator, Hashable, Iterator
+from urllib.parse import urlsplit
 
 import httpx
 
@@ -54,6 +55,7 @@ log = logging.getLogger(__name__)
 CONNECT_TIMEOUT_S = 5.0
 READ_TIMEOUT_S = 60.0
 """Longest silence inside a request before it fails (the time budget usually ends it first)."""
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
 WATCH_INTERVAL_S = 0.01
 UTF8_SLACK = 3
 """Tokens asked for beyond ours (see RemoteStream._generate); we stop at our own limit."""
@@ -73,12 +75,23 @@ class RemoteEngine(Backend):
         self.config = config
         self.tokenizer = tokenizer
         self._key = config.api_key()
+        host = urlsplit(config.url)
+        if host.username or host.password:
+            raise BackendError("backend URL: no user:password@ in it (it would show in logs); use apiKeyEnv")
+        if self._key and host.scheme == "http" and host.hostname not in LOOPBACK:
+            raise BackendError(
+                f"{config.url}: an API key is sent only over https (or to this machine): use https://, or a tunnel"
+            )
         self._transport = transport
         self._socket: socket.socket | None = None
         """The one connection's socket (the pool keeps one), recorded when it connects."""
         self._broken = False
         self.client = self._new_client()
-        self.served: ServedModel = self.describe_server()
+        try:
+            self.served: ServedModel = self.describe_server()
+        except BaseException:
+            self.client.close()
+            raise
         self.can_heal = True
         self.last_cached_tokens: int | None = None
 
@@ -98,7 +111,8 @@ class RemoteEngine(Backend):
 
     def _trace(self, event: str, info: dict) -> None:
         """httpcore's trace hook: remember the socket of each new connection."""
-        if event == "connection.connect_tcp.complete":
+        # the TCP socket, then (https) the TLS socket that wraps and replaces it
+        if event in ("connection.connect_tcp.complete", "connection.start_tls.complete"):
             stream = info.get("return_value")
             sock = stream.get_extra_info("socket") if stream is not None else None
             if isinstance(sock, socket.socket):
@@ -108,15 +122,16 @@ class RemoteEngine(Backend):
         """Until the request is done: once stop() turns true, shut its socket down, so a read
         blocked on the headers or the next event returns at once and the server sees its
         client leave (llama.cpp and vLLM then abort the generation)."""
+        shut: socket.socket | None = None
         while not done.wait(WATCH_INTERVAL_S):
-            if stop():
+            # keep watching: a stop while connecting finds the socket once it exists
+            if stop() and self._socket is not None and self._socket is not shut:
                 self._broken = True  # the pooled connection is dead: the next request makes a new client
-                if self._socket is not None:
-                    try:
-                        self._socket.shutdown(socket.SHUT_RDWR)
-                    except OSError:
-                        pass
-                return
+                shut = self._socket
+                try:
+                    shut.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
 
     # ---- what the server serves ----
 
@@ -148,20 +163,21 @@ class RemoteEngine(Backend):
 
     def _get_json(self, path: str) -> object:
         try:
-            response = self.client.get(path, extensions={"trace": self._trace})
-        except httpx.HTTPError as e:
+            with self.client.stream("GET", path, extensions={"trace": self._trace}) as response:
+                body = bounded_body(response, MAX_EVENT_BYTES)
+        except (httpx.HTTPError, WireError) as e:
             raise BackendError(f"{self.config.url}: unreachable ({self._say(e)})") from e
-        return self._json(response, f"GET {path}")
-
-    def _json(self, response: httpx.Response, what: str) -> object:
-        if response.status_code in (401, 403):
-            raise BackendError(f"{self.config.url}: {what} was refused ({response.status_code}): check the API key")
         if response.status_code >= 400:
-            raise BackendError(f"{self.config.url}: {what} failed ({response.status_code}: {self._say(response.text)})")
+            self._refused(response.status_code, body.decode("utf-8", "replace"), f"GET {path}")
         try:
-            return response.json()
-        except ValueError as e:
-            raise BackendError(f"{self.config.url}: {what} did not answer JSON ({e})") from e
+            return json.loads(body)
+        except (ValueError, RecursionError) as e:
+            raise BackendError(f"{self.config.url}: GET {path} did not answer JSON ({self._say(e)})") from e
+
+    def _refused(self, status: int, message: str, what: str) -> None:
+        if status in (401, 403):
+            raise BackendError(f"{self.config.url}: {what} was refused ({status}): check the API key")
+        raise BackendError(f"{self.config.url}: {what} failed ({status}: {self._say(message)})")
 
     def _say(self, error: object) -> str:
         return redacted(str(error), self._key)[:300]
@@ -188,37 +204,70 @@ class RemoteEngine(Backend):
             self.client.close()
             self.client, self._broken = self._new_client(), False
         done = threading.Event()
-        threading.Thread(target=self._shut_down_when, args=(stop, done), daemon=True).start()
+        watcher = threading.Thread(target=self._shut_down_when, args=(stop, done), daemon=True)
+        watcher.start()
         try:
             with self.client.stream("POST", path, json=body, extensions={"trace": self._trace}) as response:
                 if response.status_code >= 400:
-                    response.read()
-                    self._json(response, f"POST {path}")  # raises with the server's message
+                    message = bounded_body(response).decode("utf-8", "replace")
+                    self._refused(response.status_code, message, f"POST {path}")
                 if not body.get("stream"):
-                    yield self._parse(json.loads(response.read()), path)
+                    yield self._parse(bounded_body(response), path)
                     return
-                for line in response.iter_lines():
-                    if not line.startswith("data:"):
+                for line in bounded_lines(response):
+                    if not line.startswith(b"data:"):
                         continue  # SSE comments (pings), event names, blank separators
                     data = line[5:].strip()
-                    if data == "[DONE]":
+                    if data == b"[DONE]":
                         return
-                    yield self._parse(json.loads(data), path)
-        except (httpx.HTTPError, json.JSONDecodeError) as e:
+                    yield self._parse(data, path)
+        except (httpx.HTTPError, WireError) as e:
             if stop():
                 return  # we shut it down
             raise BackendError(f"{self.config.url}: POST {path} failed ({self._say(e)})") from e
         finally:
             done.set()
+            watcher.join()  # never alive into the next request, whose socket it could shut
 
-    def _parse(self, event: object, path: str) -> Chunk:
+    def _parse(self, data: bytes, path: str) -> Chunk:
+        """One event; anything a hostile or broken server sends becomes a BackendError."""
         try:
-            return parse_event(self.config.kind, event)
-        except WireError as e:
-            raise BackendError(f"{self.config.url}: POST {path}: {self._say(e)}") from e
+            return parse_event(self.config.kind, json.loads(data))
+        except (WireError, ValueError, TypeError, AttributeError, KeyError, RecursionError) as e:
+            raise BackendError(f"{self.config.url}: POST {path}: a malformed answer ({self._say(e)})") from e
 
     def close(self) -> None:
         self.client.close()
+
+
+MAX_EVENT_BYTES = 1 << 20
+MAX_ANSWER_BYTES = 64 << 20
+"""A server that sends more than this, in one event or in all, is broken or hostile."""
+
+
+def bounded_lines(response: httpx.Response) -> Iterator[bytes]:
+    """The response's lines, never holding a line over MAX_EVENT_BYTES or reading over MAX_ANSWER_BYTES."""
+    buffer, total = b"", 0
+    for data in response.iter_bytes():
+        total += len(data)
+        if total > MAX_ANSWER_BYTES:
+            raise WireError(f"the answer ran past {MAX_ANSWER_BYTES >> 20} MiB")
+        buffer += data
+        *lines, buffer = buffer.split(b"\n")
+        yield from (line.rstrip(b"\r") for line in lines)
+        if len(buffer) > MAX_EVENT_BYTES:
+            raise WireError(f"an event line ran past {MAX_EVENT_BYTES >> 20} MiB")
+    if buffer:
+        yield buffer
+
+
+def bounded_body(response: httpx.Response, limit: int = MAX_ANSWER_BYTES) -> bytes:
+    body = b""
+    for data in response.iter_bytes():
+        body += data
+        if len(body) > limit:
+            raise WireError(f"the answer ran past {limit >> 20} MiB")
+    return body
 
 
 class RemoteStream:
@@ -302,7 +351,8 @@ class RemoteStream:
             # + UTF8_SLACK: llama.cpp sends a token that leaves a character incomplete only with
             # the one completing it, so the last of ours may need up to three more from it
             remaining = self.params.max_new_tokens - len(self.generated)
-            body = self._body(remaining + UTF8_SLACK, None, stream=True)
+            room = self.engine.max_seq_len - len(self.prompt.tokens) - len(self.generated)
+            body = self._body(max(1, min(remaining + UTF8_SLACK, room)), None, stream=True)
             self._new_request()
             for chunk in self.engine.events(body, self._should_stop):
                 self._account(chunk)
@@ -318,9 +368,10 @@ class RemoteStream:
                 if chunk.finish_reason is not None:
                     self.stats.stop_reason = "max_tokens" if chunk.finish_reason in ("length", "limit") else "eot"
                     return
-            if self._should_stop():
-                self.stats.stop_reason = self._why_stopped()
-                self._fail_if_silent()
+            if not self._should_stop():
+                raise BackendError(f"{self.engine.config.url} closed the stream before the completion ended")
+            self.stats.stop_reason = self._why_stopped()
+            self._fail_if_silent()
         finally:
             self.stats.decode_s = time.perf_counter() - t0 - self.stats.prefill_s
 
@@ -338,7 +389,10 @@ class RemoteStream:
         p = self.params
         tokens = self.prompt.tokens + self.generated
         c = self.engine.config
-        return completion_body(c.kind, tokens, max_tokens, p.temperature, p.top_p, p.seed, logit_bias, c.model, stream)
+        return completion_body(
+            c.kind, tokens, max_tokens, p.temperature, p.top_p, p.seed, logit_bias, c.model, stream,
+            tuple(sorted(self._stop_ids)),
+        )  # fmt: skip
 
     def _one_healing_token(self, allowed: list[int]) -> int | None:
         """One constrained token (None: the request was stopped, or the server ended it)."""
@@ -375,6 +429,8 @@ class RemoteStream:
         sequence) give the held bytes, recovered as their byte tokens. A server that
         sends no ids at all gets our tokenization of its text (rarely identical)."""
         tok = self.engine.tokenizer
+        if any(not 0 <= t < tok.vocab_size for t in chunk.tokens):
+            raise BackendError(f"{self.engine.config.url} sent a token id outside the tokenizer's {tok.vocab_size}")
         if not chunk.tokens:
             return tok.encode_infilling(chunk.text) if chunk.text else []
         if len(chunk.tokens) != 1 or not chunk.sent_bytes:

@@ -93,6 +93,7 @@ def completion_body(
     logit_bias: dict[int, float] | None,
     model: str | None,
     stream: bool = True,
+    stop_ids: tuple[int, ...] = (),
 ) -> dict[str, Any]:
     """The request body: sampling as ours (greedy at 0; no top-k, min-p or penalties)."""
     body: dict[str, Any] = {
@@ -113,6 +114,8 @@ def completion_body(
             "min_p": 0.0,
             "top_k": -1 if temperature > 0 else 1,  # vLLM's and llama.cpp's "no top-k" / greedy
         }
+        if stop_ids:  # vLLM: <EOT> ends the request there too (llama.cpp knows it from the GGUF)
+            body["stop_token_ids"] = list(stop_ids)
         if stream:  # vLLM: usage (cached prompt tokens) in every event, as we may stop reading early
             body["stream_options"] = {"include_usage": True, "continuous_usage_stats": True}
         if model:
@@ -128,7 +131,7 @@ def completion_body(
             "top_k": 0,
             "min_p": 0.0,
             "repeat_penalty": 1.0,
-            "samplers": ["top_p", "temperature"],
+            "samplers": ["temperature", "top_p"],  # as in process: scale, then the nucleus
         }
         if logit_bias:
             body["logit_bias"] = [[t, b if b != float("-inf") else False] for t, b in logit_bias.items()]
@@ -229,9 +232,13 @@ def parse_models(answer: Any, wanted: str | None) -> ServedModel:
         raise WireError(f"the server does not serve model {wanted!r}; it serves {', '.join(names)}")
     entry = data[names.index(wanted)] if wanted is not None else data[0]
     meta = entry.get("meta") if isinstance(entry.get("meta"), dict) else {}
+
+    def number(value: Any) -> int | None:
+        return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
+
     return ServedModel(
         name=str(entry.get("id")),
-        vocab_size=meta.get("n_vocab"),
-        context=meta.get("n_ctx") or entry.get("max_model_len"),
-        trained_length=meta.get("n_ctx_train") or entry.get("max_model_len"),
+        vocab_size=number(meta.get("n_vocab")),
+        context=number(meta.get("n_ctx")) or number(entry.get("max_model_len")),
+        trained_length=number(meta.get("n_ctx_train")) or number(entry.get("max_model_len")),
     )

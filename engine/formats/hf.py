@@ -102,6 +102,9 @@ def save_hf(out_dir: Path, model: Transformer, tokenizer_path: Path, dtype: torc
     with atomic_folder(out_dir, CONFIG) as staging:
         save_file(state, str(staging / "model.safetensors"), metadata={"format": "pt"})
         (staging / CONFIG).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+        # vLLM and transformers' generate stop at any of these: <EOT> ends an infilling middle
+        generation = {"bos_token_id": tok.bos_id, "eos_token_id": [tok.eos_id, tok.eot_id]}
+        (staging / "generation_config.json").write_text(json.dumps(generation, indent=2) + "\n", encoding="utf-8")
         (staging / "tokenizer_config.json").write_text(json.dumps(tokenizer_config, indent=2) + "\n", encoding="utf-8")
         shutil.copyfile(tokenizer_path, staging / TOKENIZER_FILE)
     return out_dir

@@ -177,27 +177,47 @@ def test_cancel_stops_the_servers_generation(looping_server, local):
     assert slot["next_token"][0]["n_decoded"] < 200  # the looping model would have gone on to 900
 
 
-def test_a_server_that_does_not_answer_ends_at_the_time_budget(local):
-    """A stub here on purpose: a server that lists its model and then never answers."""
-    listener = socket.create_server(("127.0.0.1", 0))
-    port = listener.getsockname()[1]
-    models = json.dumps({"data": [{"id": "stuck", "meta": {"n_vocab": 1000, "n_ctx": 1024}}]}).encode()
+class StubServer:
+    """Stubs on purpose, for what no real server does: lists its model, then answers every POST
+    with `answer` (raw bytes after the headers; None: never answers)."""
 
-    def serve() -> None:
+    def __init__(self, answer: bytes | None) -> None:
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.listener.getsockname()[1]}"
+        self.answer = answer
+        threading.Thread(target=self.serve, daemon=True).start()
+
+    def serve(self) -> None:
         while True:
             try:
-                conn, _ = listener.accept()
+                conn, _ = self.listener.accept()
             except OSError:
                 return
-            request = conn.recv(65536)
-            if request.startswith(b"GET /v1/models"):
-                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
-                             % (len(models), models))  # fmt: skip
-            # POST: say nothing, keep the connection open
+            threading.Thread(target=self.converse, args=(conn,), daemon=True).start()
 
-    threading.Thread(target=serve, daemon=True).start()
+    def converse(self, conn: socket.socket) -> None:
+        models = json.dumps({"data": [{"id": "stub", "meta": {"n_vocab": 1000, "n_ctx": 1024}}]}).encode()
+        with conn:
+            while request := conn.recv(65536):  # one connection, kept alive: GET, then POST
+                if request.startswith(b"GET /v1/models"):
+                    conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
+                                 % (len(models), models))  # fmt: skip
+                elif request.startswith(b"POST") and self.answer is not None:
+                    head = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nConnection: close\r\n\r\n"
+                    try:
+                        conn.sendall(head + self.answer)
+                    except OSError:
+                        pass
+                    return
+
+    def close(self) -> None:
+        self.listener.close()
+
+
+def test_a_server_that_does_not_answer_ends_at_the_time_budget(local):
+    stub = StubServer(None)
     try:
-        remote = RemoteEngine(BackendConfig(f"http://127.0.0.1:{port}", "openai"), local.tokenizer)
+        remote = RemoteEngine(BackendConfig(stub.url, "openai"), local.tokenizer)
         started = time.perf_counter()
         prompt = Pipeline(remote).plan(Snapshot("x = ", 4), CompletionSettings()).prompt
         params = SamplingParams(max_new_tokens=8, time_budget_s=0.3)
@@ -206,7 +226,35 @@ def test_a_server_that_does_not_answer_ends_at_the_time_budget(local):
                 list(stream)
         assert time.perf_counter() - started < 2.0 and stream.stats.stop_reason == "time_budget"
     finally:
-        listener.close()
+        stub.close()
+
+
+@pytest.mark.parametrize(
+    "answer, message",
+    [
+        (b"data: " + b"x" * (2 << 20), "an event line ran past 1 MiB"),
+        (b'data: {"tokens": [5000], "content": "x"}\n\n', "a token id outside the tokenizer's 1000"),
+        (b"data: [[[[" * 5 + b"\n\n", "a malformed answer"),
+        (b'data: {"tokens": [5], "timings": "soon"}\n\n', "a malformed answer"),
+        (b'data: {"tokens": [5], "content": "x"}\n\n', "closed the stream before the completion ended"),
+    ],
+)
+def test_a_broken_or_hostile_answer_is_a_clear_error(local, answer, message):
+    stub = StubServer(answer)
+    try:
+        remote = RemoteEngine(BackendConfig(stub.url, "llamacpp"), local.tokenizer)
+        with pytest.raises(BackendError, match=message):
+            remote.complete("x", "", fmt="psm", params=SamplingParams(max_new_tokens=4, time_budget_s=10))
+    finally:
+        stub.close()
+
+
+def test_urls_and_keys_that_would_leak_are_refused(local, monkeypatch):
+    monkeypatch.setenv("TEAM_KEY", "sk-1")
+    with pytest.raises(BackendError, match="no user:password@"):
+        RemoteEngine(BackendConfig("http://me:secret@127.0.0.1:9", "openai"), local.tokenizer)
+    with pytest.raises(BackendError, match="an API key is sent only over https"):
+        RemoteEngine(BackendConfig("http://10.1.2.3:8000", "openai", api_key_env="TEAM_KEY"), local.tokenizer)
 
 
 def test_another_model_is_refused_with_the_reason(tiny_server, tokenizer_path, tmp_path):
