@@ -9,11 +9,12 @@ part of the prompt needs prefilling at all, and owns the deadline.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 
 import torch
 
 from engine.healing import HealingConstraint
+from engine.lookup import DRAFT_MAX, DRAFT_START, PromptLookup
 from engine.model import KVCache, Transformer
 from engine.sampling import GenerationStats, SamplingParams
 from engine.tokenizer import Tokenizer
@@ -72,6 +73,13 @@ def decode_one_token(model: Transformer, token: int, pos: int, cache: KVCache, s
     return model(torch.tensor([[token]], dtype=torch.long, device=device), pos, cache, slot)[0, -1]
 
 
+@torch.inference_mode()
+def verify(model: Transformer, tokens: list[int], pos: int, cache: KVCache, slot: int) -> torch.Tensor:
+    """Logits (len(tokens), vocab): row i predicts the token after tokens[i], which sits at pos + i."""
+    device = cache.keys[0].device
+    return model(torch.tensor([tokens], dtype=torch.long, device=device), pos, cache, slot)[0]
+
+
 def mask_to(logits: torch.Tensor, allowed: list[int]) -> torch.Tensor:
     """logits with every token outside `allowed` at -inf."""
     masked = torch.full_like(logits, float("-inf"))
@@ -91,9 +99,22 @@ class TokenStream:
     """
 
     def __init__(
-        self, model: Transformer, tok: Tokenizer, cache: KVCache, slot: int, params: SamplingParams, healing: str = ""
+        self,
+        model: Transformer,
+        tok: Tokenizer,
+        cache: KVCache,
+        slot: int,
+        params: SamplingParams,
+        healing: str = "",
+        lookup: list[int] | None = None,
     ) -> None:
+        """lookup: the whole prompt, to draft from (speculative decoding, greedy only); None: off."""
         self.model, self.tok, self.cache, self.slot, self.params = model, tok, cache, slot, params
+        self.lookup = PromptLookup(lookup) if lookup is not None and params.temperature <= 0 else None
+        self.draft_size = DRAFT_START
+        """Adapts: grows while drafts are kept whole, shrinks to what was kept when one is cut."""
+        self.drafted = self.accepted = 0
+        """Draft tokens proposed and kept (prompt lookup's acceptance rate)."""
         self.constraint = HealingConstraint(tok, healing) if healing else None
         self.tokens: list[int] = []
         self.fed = 0
@@ -129,16 +150,57 @@ class TokenStream:
                 else:
                     self.constraint.give_up()
             token = sample(logits, self.params.temperature, self.params.top_p, self._generator)
-            if token in self._stop_ids:
-                self.stop_reason = "eot" if token == self.tok.eot_id else "eos"
-                return
-            self.tokens.append(token)
-            if self.constraint is not None:
-                self.constraint.advance(token)
-            yield token
-            if self._pos >= self.cache.max_seq_len:
-                self.stop_reason = "cache_full"
+            draft = self._draft(token)
+            if draft:
+                # One pass over [token, *draft]: the logits after each; keep the draft while it
+                # is what greedy decoding picks, then the model's own token follows.
+                rows = verify(self.model, [token, *draft], self._pos, self.cache, self.slot)[:, : self.tok.vocab_size]
+                picks = rows.argmax(dim=-1).tolist()
+                kept = next((i for i, d in enumerate(draft) if picks[i] != d), len(draft))
+                self.drafted, self.accepted = self.drafted + len(draft), self.accepted + kept
+                # A check costs more the longer the draft (on a small model; on a big one, whose
+                # weights dominate, it is nearly free): draft what the recent drafts earned.
+                self.draft_size = min(DRAFT_MAX, self.draft_size + 2) if kept == len(draft) else max(1, kept)
+                for t in [token, *draft[:kept]]:
+                    if not (yield from self._emit(t, fed=True)):
+                        return
+                logits = rows[kept]
+                continue
+            if not (yield from self._emit(token, fed=False)):
                 return
             logits = decode_one_token(self.model, token, self._pos, self.cache, self.slot)
             self.fed += 1
             self._pos += 1
+
+    def _draft(self, token: int) -> list[int]:
+        """Prompt-lookup draft to follow `token`, within the cache, the token limit and the vocabulary."""
+        if self.lookup is None or (self.constraint is not None and self.constraint.active):
+            return []
+        if token in self._stop_ids:
+            return []
+        self.lookup.add(token)
+        room = min(self.cache.max_seq_len - self._pos - 1, self.params.max_new_tokens - len(self.tokens) - 1)
+        draft = self.lookup.draft(max(0, min(room, self.draft_size)))
+        self.lookup.tokens.pop()  # `token` is added for real when it is emitted
+        # never draft past an end token: the model's own pick after the draft may still be one
+        return draft[: next((i for i, t in enumerate(draft) if t in self._stop_ids), len(draft))]
+
+    def _emit(self, token: int, fed: bool) -> Generator[int, None, bool]:
+        """Yield one generated token; False when generation ends (<EOT>/EOS, or a full cache).
+        fed: its keys/values are already in the cache (it was part of a verified draft)."""
+        if token in self._stop_ids:
+            self.stop_reason = "eot" if token == self.tok.eot_id else "eos"
+            return False
+        self.tokens.append(token)
+        if self.lookup is not None:
+            self.lookup.add(token)
+        if self.constraint is not None:
+            self.constraint.advance(token)
+        if fed:
+            self.fed += 1
+            self._pos += 1
+        yield token
+        if self._pos >= self.cache.max_seq_len:
+            self.stop_reason = "cache_full"
+            return False
+        return True

@@ -22,6 +22,8 @@ class SamplingParams:
     """Stop decoding once this many seconds have passed since the request started."""
     seed: int | None = None
     """Seed for sampling; None draws a fresh one."""
+    prompt_lookup: bool = True
+    """Greedy only: speculative decoding with drafts looked up in the prompt (engine.lookup)."""
 
 
 @dataclass
@@ -38,6 +40,9 @@ class GenerationStats:
     """eot, eos, max_tokens, time_budget, stop_string, post_process (the caller had enough),
     cancelled, cache_full."""
     slot: int = 0
+    drafted_tokens: int = 0
+    """Prompt lookup: draft tokens checked, and of those, kept (the rest cost only the check)."""
+    accepted_tokens: int = 0
 
     @property
     def total_s(self) -> float:

@@ -93,6 +93,7 @@ class Stream:
                 self._slot,
                 self.params,
                 self.prompt.healing,
+                lookup=tokens if self.params.prompt_lookup else None,
             )
         except BaseException:
             self.engine._lock.release()
@@ -144,6 +145,7 @@ class Stream:
             else:  # stopped during prefill: what was written is still good
                 self.engine.slot_tokens[self._slot] = tokens[: self._reuse + self.stats.prefilled_tokens]
             self.stats.generated_tokens = len(gen.tokens)
+            self.stats.drafted_tokens, self.stats.accepted_tokens = gen.drafted, gen.accepted
             self.stats.stop_reason = gen.stop_reason or self._asked or "cancelled"
         finally:
             self.engine._lock.release()
