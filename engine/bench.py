@@ -10,12 +10,20 @@
    its own process so memory is measured cleanly.
 4. On CUDA only: a full-size random 7B in bf16 / int8 / nf4: time to first token for a
    2,000-token prompt, decode tokens/s and the fraction of the memory-bandwidth bound.
+5. With --llama-cpp DIR (a llama.cpp source tree built with llama-bench and llama-quantize,
+   e.g. by .ci/build-llama-server plus those targets): the same weights converted to GGUF by
+   that tree's own convert_hf_to_gguf.py (F32, BF16, Q8_0; Q4_0 by llama-quantize), timed by
+   its llama-bench beside our engine (same threads): prefill of a ~520-token prompt and decode
+   of 64 tokens, as ratios ours / llama.cpp. Without DIR the section says it was skipped.
+
+Decoding here is plain (prompt lookup off): its gain is measured by lsp.lookup_bench.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -107,7 +115,7 @@ def bench_decode_vs_transformers(engine: InfillEngine, new_tokens: int, repeats:
     ours_decode, ours_total, generated = [], [], new_tokens
     for _ in range(repeats):
         engine.reset_cache()
-        result = engine.complete(prefix, suffix, params=SamplingParams(max_new_tokens=new_tokens))
+        result = engine.complete(prefix, suffix, params=SamplingParams(max_new_tokens=new_tokens, prompt_lookup=False))
         generated = result.stats.generated_tokens  # a trained model may stop at <EOT>
         ours_decode.append(result.stats.decode_s / max(1, generated - 1))
         ours_total.append(result.stats.total_s)
@@ -152,7 +160,7 @@ def quant_worker(model_path: str, dtype: str, quantize: str, new_tokens: int) ->
     prefix, suffix = source_around_function_end(tokenizer, 400, 100)
     engine.complete(prefix, suffix, params=SamplingParams(max_new_tokens=2))  # warm-up
     engine.reset_cache()
-    result = engine.complete(prefix, suffix, params=SamplingParams(max_new_tokens=new_tokens))
+    result = engine.complete(prefix, suffix, params=SamplingParams(max_new_tokens=new_tokens, prompt_lookup=False))
     s = result.stats
     return {
         "load_s": load_s,
@@ -161,6 +169,7 @@ def quant_worker(model_path: str, dtype: str, quantize: str, new_tokens: int) ->
         "rss_mb": rss_mb(),
         "prefill_tok_s": s.prefilled_tokens / s.prefill_s,
         "decode_tok_s": (s.generated_tokens - 1) / s.decode_s,
+        "prompt_tokens": s.prompt_tokens,
     }
 
 
@@ -201,7 +210,7 @@ def bench_cuda_7b(new_tokens: int, tokenizer_path: Path) -> dict[str, dict]:
         engine.reset_cache()
         first = engine.complete(prefix, suffix, params=SamplingParams(max_new_tokens=1))
         engine.reset_cache()
-        full = engine.complete(prefix, suffix, params=SamplingParams(max_new_tokens=new_tokens))
+        full = engine.complete(prefix, suffix, params=SamplingParams(max_new_tokens=new_tokens, prompt_lookup=False))
         tok_s = (full.stats.generated_tokens - 1) / full.stats.decode_s
         rows[mode] = {
             "ttft_ms": 1000 * first.stats.total_s,
@@ -211,6 +220,62 @@ def bench_cuda_7b(new_tokens: int, tokenizer_path: Path) -> dict[str, dict]:
         }
         del engine, model
         torch.cuda.empty_cache()
+    return rows
+
+
+LLAMA_TYPES = [("fp32", "float32", "none", "f32"), ("bf16", "bfloat16", "none", "bf16"),
+               ("int8", "bfloat16", "int8", "q8_0"), ("int4", "bfloat16", "int4", "Q4_0")]  # fmt: skip
+"""(our label, our dtype, our quantization, llama.cpp type: an --outtype, or a llama-quantize type)."""
+
+
+def llama_cpp_ggufs(llama_dir: Path, model_path: Path, workdir: Path) -> dict[str, Path]:
+    """The weights as GGUF, converted by llama.cpp's own script and quantizer."""
+    from engine.checkpoints import load_model
+    from engine.formats.hf import save_hf
+
+    model, tok, _ = load_model(model_path, "cpu", "float32")
+    hf = save_hf(workdir / "hf", model, tok.path)
+    del model
+    env = {**os.environ, "PYTHONPATH": str(llama_dir / "gguf-py")}  # that tree's own gguf package
+    files = {}
+    for label, _, _, kind in LLAMA_TYPES:
+        out = workdir / f"{label}.gguf"
+        if kind.islower():
+            command = [sys.executable, str(llama_dir / "convert_hf_to_gguf.py"), str(hf), "--outtype", kind,
+                       "--outfile", str(out)]  # fmt: skip
+        else:
+            command = [str(llama_dir / "build" / "bin" / "llama-quantize"), str(files["fp32"]), str(out), kind]
+        subprocess.run(command, check=True, capture_output=True, env=env)
+        files[label] = out
+    return files
+
+
+def llama_bench(llama_dir: Path, gguf: Path, threads: int, prompt: int, new_tokens: int) -> tuple[float, float]:
+    """(prefill tokens/s, decode tokens/s) as llama-bench measures them."""
+    command = [str(llama_dir / "build" / "bin" / "llama-bench"), "-m", str(gguf), "-p", str(prompt),
+               "-n", str(new_tokens), "-t", str(threads), "-r", "2", "-o", "json"]  # fmt: skip
+    runs = json.loads(subprocess.run(command, check=True, capture_output=True, text=True).stdout)
+    prefill = next(r["avg_ts"] for r in runs if r["n_prompt"] == prompt and r["n_gen"] == 0)
+    decode = next(r["avg_ts"] for r in runs if r["n_gen"] == new_tokens and r["n_prompt"] == 0)
+    return prefill, decode
+
+
+def bench_llama_cpp(llama_dir: Path, model_path: Path, workdir: Path, rounds: int = 2) -> list[list[str]]:
+    """Rows: weights, then per round 'prefill ours / llama.cpp' and 'decode ours / llama.cpp'."""
+    threads = torch.get_num_threads()
+    files = llama_cpp_ggufs(llama_dir, model_path, workdir)
+    rows = []
+    for label, dtype, quantize, kind in LLAMA_TYPES:
+        prefill, decode = [], []
+        for _ in range(rounds):  # alternate: ours, theirs, ours, theirs (the machine is noisy)
+            command = [sys.executable, "-m", "engine.bench", "--worker", str(model_path), dtype, quantize, "64"]
+            ours = json.loads(
+                subprocess.run(command, capture_output=True, text=True, check=True).stdout.split("\n")[-2]
+            )
+            theirs = llama_bench(llama_dir, files[label], threads, ours["prompt_tokens"], 64)
+            prefill.append(f"{ours['prefill_tok_s'] / theirs[0]:.2f}x ({ours['prefill_tok_s']:.0f} / {theirs[0]:.0f})")
+            decode.append(f"{ours['decode_tok_s'] / theirs[1]:.2f}x ({ours['decode_tok_s']:.1f} / {theirs[1]:.1f})")
+        rows.append([f"{label} vs {kind.upper()}", ", ".join(prefill), ", ".join(decode)])
     return rows
 
 
@@ -240,6 +305,7 @@ def main() -> None:
     parser.add_argument("--cold-every", type=int, default=10, help="measure a cold keystroke every N")
     parser.add_argument("--new-tokens", type=int, default=32)
     parser.add_argument("--skip", default="", help="comma-separated sections to skip: keys,decode,quant,cuda")
+    parser.add_argument("--llama-cpp", type=Path, metavar="DIR", help="a built llama.cpp tree to compare with")
     args = parser.parse_args()
     skip = set(args.skip.split(","))
     torch.manual_seed(0)
@@ -298,6 +364,13 @@ def main() -> None:
                     for label, r in rows.items()
                 ],
             )
+        if args.llama_cpp is None:
+            print("\n## llama.cpp: skipped (give --llama-cpp DIR, a llama.cpp tree with llama-bench built)")
+        else:
+            rows = bench_llama_cpp(args.llama_cpp, path, Path(workdir))
+            print(f"\n## ours / llama.cpp, same weights, {torch.get_num_threads()} threads each, two rounds")
+            print("(prefill: a ~520-token prompt; decode: 64 tokens; llama-bench -p/-n; tokens/s in brackets)")
+            table(["weights", "prefill ours / llama.cpp", "decode ours / llama.cpp"], rows)
         if "cuda" not in skip and torch.cuda.is_available():
             rows = bench_cuda_7b(args.new_tokens, tokenizer.path)
             print(f"\n## {torch.cuda.get_device_name()}: Code Llama 7B shapes, random weights, 2,000-token prompt")
