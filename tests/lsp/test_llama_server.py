@@ -177,6 +177,26 @@ def test_cancel_stops_the_servers_generation(looping_server, local):
     assert slot["next_token"][0]["n_decoded"] < 200  # the looping model would have gone on to 900
 
 
+def read_request(conn: socket.socket) -> bytes:
+    """One whole HTTP request (headers and Content-Length body); b"" when the client left."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = conn.recv(65536)
+        if not chunk:
+            return b""
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = next(
+        (int(line.split(b":")[1]) for line in head.split(b"\r\n") if line.lower().startswith(b"content-length:")), 0
+    )
+    while len(body) < length:
+        chunk = conn.recv(65536)
+        if not chunk:
+            break
+        body += chunk
+    return head + b"\r\n\r\n" + body
+
+
 class StubServer:
     """Stubs on purpose, for what no real server does: lists its model, then answers every POST
     with `answer` (raw bytes after the headers; None: never answers)."""
@@ -198,7 +218,7 @@ class StubServer:
     def converse(self, conn: socket.socket) -> None:
         models = json.dumps({"data": [{"id": "stub", "meta": {"n_vocab": 1000, "n_ctx": 1024}}]}).encode()
         with conn:
-            while request := conn.recv(65536):  # one connection, kept alive: GET, then POST
+            while request := read_request(conn):  # one connection, kept alive: GET, then POST
                 if request.startswith(b"GET /v1/models"):
                     conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
                                  % (len(models), models))  # fmt: skip
@@ -206,6 +226,9 @@ class StubServer:
                     head = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nConnection: close\r\n\r\n"
                     try:
                         conn.sendall(head + self.answer)
+                        conn.shutdown(socket.SHUT_WR)  # a clean end (FIN), not a reset
+                        while conn.recv(65536):
+                            pass
                     except OSError:
                         pass
                     return
