@@ -250,14 +250,24 @@ def llama_cpp_ggufs(llama_dir: Path, model_path: Path, workdir: Path) -> dict[st
     return files
 
 
-def llama_bench(llama_dir: Path, gguf: Path, threads: int, prompt: int, new_tokens: int) -> tuple[float, float]:
-    """(prefill tokens/s, decode tokens/s) as llama-bench measures them."""
+def llama_bench(llama_dir: Path, gguf: Path, threads: int, prompt: int, new_tokens: int) -> tuple[float, float, str]:
+    """(prefill tokens/s, decode tokens/s, a note) as llama-bench measures them.
+
+    On a CPU where llama.cpp's repacked (AMX / extra-buffer) kernels crash, as its Q8_0 and
+    Q4_0 ones did here (SIGSEGV, 2-core Xeon with AMX), it is run again with --repack 0."""
     command = [str(llama_dir / "build" / "bin" / "llama-bench"), "-m", str(gguf), "-p", str(prompt),
                "-n", str(new_tokens), "-t", str(threads), "-r", "2", "-o", "json"]  # fmt: skip
-    runs = json.loads(subprocess.run(command, check=True, capture_output=True, text=True).stdout)
+    done = subprocess.run(command, capture_output=True, text=True)
+    note = ""
+    if done.returncode < 0:
+        note = f"llama-bench died with signal {-done.returncode}; --repack 0"
+        done = subprocess.run([*command, "--repack", "0"], capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"llama-bench failed ({done.returncode}): {done.stderr[-500:]}")
+    runs = json.loads(done.stdout)
     prefill = next(r["avg_ts"] for r in runs if r["n_prompt"] == prompt and r["n_gen"] == 0)
     decode = next(r["avg_ts"] for r in runs if r["n_gen"] == new_tokens and r["n_prompt"] == 0)
-    return prefill, decode
+    return prefill, decode, note
 
 
 def bench_llama_cpp(llama_dir: Path, model_path: Path, workdir: Path, rounds: int = 2) -> list[list[str]]:
@@ -266,16 +276,19 @@ def bench_llama_cpp(llama_dir: Path, model_path: Path, workdir: Path, rounds: in
     files = llama_cpp_ggufs(llama_dir, model_path, workdir)
     rows = []
     for label, dtype, quantize, kind in LLAMA_TYPES:
-        prefill, decode = [], []
+        prefill, decode, notes = [], [], set()
         for _ in range(rounds):  # alternate: ours, theirs, ours, theirs (the machine is noisy)
             command = [sys.executable, "-m", "engine.bench", "--worker", str(model_path), dtype, quantize, "64"]
             ours = json.loads(
                 subprocess.run(command, capture_output=True, text=True, check=True).stdout.split("\n")[-2]
             )
             theirs = llama_bench(llama_dir, files[label], threads, ours["prompt_tokens"], 64)
+            notes.add(theirs[2])
             prefill.append(f"{ours['prefill_tok_s'] / theirs[0]:.2f}x ({ours['prefill_tok_s']:.0f} / {theirs[0]:.0f})")
             decode.append(f"{ours['decode_tok_s'] / theirs[1]:.2f}x ({ours['decode_tok_s']:.1f} / {theirs[1]:.1f})")
-        rows.append([f"{label} vs {kind.upper()}", ", ".join(prefill), ", ".join(decode)])
+        rows.append(
+            [f"{label} vs {kind.upper()}", ", ".join(prefill), ", ".join(decode), "; ".join(sorted(notes - {""}))]
+        )
     return rows
 
 
@@ -370,7 +383,7 @@ def main() -> None:
             rows = bench_llama_cpp(args.llama_cpp, path, Path(workdir))
             print(f"\n## ours / llama.cpp, same weights, {torch.get_num_threads()} threads each, two rounds")
             print("(prefill: a ~520-token prompt; decode: 64 tokens; llama-bench -p/-n; tokens/s in brackets)")
-            table(["weights", "prefill ours / llama.cpp", "decode ours / llama.cpp"], rows)
+            table(["weights", "prefill ours / llama.cpp", "decode ours / llama.cpp", "note"], rows)
         if "cuda" not in skip and torch.cuda.is_available():
             rows = bench_cuda_7b(args.new_tokens, tokenizer.path)
             print(f"\n## {torch.cuda.get_device_name()}: Code Llama 7B shapes, random weights, 2,000-token prompt")
