@@ -16,6 +16,8 @@ checkpoint can save; the modules pack them for the device they run on when built
 
 from __future__ import annotations
 
+import time
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -125,6 +127,28 @@ def int4_kernel_dtype(device: torch.device, dtype: torch.dtype) -> torch.dtype:
     return CPU_KERNEL_DTYPE if device.type == "cpu" else torch.bfloat16
 
 
+PREFILL_ROWS = 32
+"""From this many rows (prefill chunks) a CPU int8 layer may run as a bf16 GEMM instead."""
+_prefill_choice: dict[tuple[int, int, int], bool] = {}
+"""(out, in, rows bucket) -> whether dequantize + bf16 GEMM measured faster than torch's int8 kernel."""
+
+
+def faster_as_bf16_gemm(layer: Int8Linear, flat: torch.Tensor) -> bool:
+    """Measured once per shape on this machine: on one with native bf16 matrix units (AMX) a
+    dequantized bf16 GEMM ran a 7B layer's prefill several times faster than the int8 kernel;
+    on one without, the kernel may win. Decode (one row) always uses the kernel."""
+    key = (layer.out_features, layer.in_features, 1 << (flat.shape[0].bit_length() - 1))
+    if key not in _prefill_choice:
+        timings = []
+        for run in (layer.int8_kernel, layer.bf16_gemm):
+            run(flat)  # warm-up
+            started = time.perf_counter()
+            run(flat)
+            timings.append(time.perf_counter() - started)
+        _prefill_choice[key] = timings[1] < timings[0]
+    return _prefill_choice[key]
+
+
 class Int8Linear(nn.Module):
     def __init__(self, weight: torch.Tensor, scales: torch.Tensor, dtype: torch.dtype) -> None:
         super().__init__()
@@ -132,10 +156,17 @@ class Int8Linear(nn.Module):
         self.register_buffer("weight", kernel_operand(weight))
         self.register_buffer("scales", kernel_operand(scales.to(kernel_dtype(weight.device, dtype))))
 
+    def int8_kernel(self, flat: torch.Tensor) -> torch.Tensor:
+        return torch._weight_int8pack_mm(flat, self.weight, self.scales)
+
+    def bf16_gemm(self, flat: torch.Tensor) -> torch.Tensor:
+        return F.linear(flat, self.weight.to(CPU_KERNEL_DTYPE) * self.scales[:, None])
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.device.type == "cpu":
             flat = kernel_operand(x.reshape(-1, self.in_features).to(CPU_KERNEL_DTYPE))
-            y = torch._weight_int8pack_mm(flat, self.weight, self.scales)
+            use_gemm = flat.shape[0] >= PREFILL_ROWS and faster_as_bf16_gemm(self, flat)
+            y = self.bf16_gemm(flat) if use_gemm else self.int8_kernel(flat)
             return y.to(x.dtype).reshape(*x.shape[:-1], -1)
         # On CUDA the dequantize fuses into the matmul under torch.compile (gpt-fast).
         return F.linear(x, self.weight.to(x.dtype)) * self.scales

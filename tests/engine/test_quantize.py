@@ -218,3 +218,30 @@ def test_saved_quantized_checkpoint_runs_with_aligned_kernel_operands(
     agreement = top1_agreement(loaded, model, QUANT_ARGS["vocab_size"])
     assert agreement >= MIN_AGREEMENT[mode]
     assert aligned_kernels_only
+
+
+@pytest.mark.parametrize("gemm", [False, True])
+def test_int8_prefill_runs_either_path_chosen_by_measurement(monkeypatch, gemm):
+    """Prefill-sized inputs may run as a dequantized bf16 GEMM where that measured faster; both
+    paths compute the same dequantized matmul, and decode (one row) always takes the kernel."""
+    from engine import quantize
+    from engine.quantize import PREFILL_ROWS, Int8Linear
+
+    weight = torch.randn(96, 128, generator=torch.Generator().manual_seed(5)) * 0.08
+    parts = quantize_int8(weight)
+    layer = Int8Linear(parts["weight"], parts["scales"], torch.float32)
+    x = torch.randn(PREFILL_ROWS + 5, 128, generator=torch.Generator().manual_seed(6))
+    expected = x.bfloat16().float() @ (parts["weight"].float() * parts["scales"].bfloat16().float()[:, None]).T
+    monkeypatch.setattr(quantize, "_prefill_choice", {(96, 128, 32): gemm})
+    used = []
+    for name in ("int8_kernel", "bf16_gemm"):
+        original = getattr(layer, name)
+        monkeypatch.setattr(layer, name, lambda flat, f=original, n=name: used.append(n) or f(flat))
+    torch.testing.assert_close(layer(x), expected, rtol=0.02, atol=0.02)
+    assert used == ["bf16_gemm" if gemm else "int8_kernel"]
+    used.clear()
+    layer(x[:1])
+    assert used == ["int8_kernel"]
+    quantize._prefill_choice.clear()
+    layer(x)  # a shape not measured yet: both run (warm-up and timing), then the faster one
+    assert (96, 128, 32) in quantize._prefill_choice and set(used[1:5]) == {"int8_kernel", "bf16_gemm"}
