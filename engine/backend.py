@@ -47,6 +47,11 @@ class Backend:
     can_heal: bool = True
     """Whether token healing can constrain the first tokens; if not, SPM prompts are sent as PSM."""
 
+    def layout(self, fmt: InfillFormat, token_healing: bool) -> InfillFormat:
+        """The prompt layout to send: SPM wants token healing; a backend that cannot constrain
+        the first token gets PSM, the layout that needs none."""
+        return "psm" if fmt == "spm" and token_healing and not self.can_heal else fmt
+
     @property
     def max_seq_len(self) -> int:
         """Positions one sequence may use: prompt plus generated tokens."""
@@ -69,6 +74,16 @@ class Backend:
         cancel: Cancel = None,
         started: float | None = None,
     ) -> Any:
+        """Generation as an iterator of text pieces (engine.session.Stream's interface). `started`
+        (perf_counter) is when the request began: the time budget counts from there; session: an
+        opaque key (one document of one editor) that keeps its KV-cache slot where there is one."""
+        params = params or SamplingParams()
+        return self.open_stream(prompt, params, session, as_callable(cancel), started or time.perf_counter())
+
+    def open_stream(
+        self, prompt: InfillPrompt, params: SamplingParams, session: Hashable | None, cancel: Callable[[], bool],
+        started: float,
+    ) -> Any:  # fmt: skip
         raise NotImplementedError
 
     def complete(
@@ -85,9 +100,7 @@ class Backend:
     ) -> Completion:
         """Generate the middle between prefix and suffix, to the end (session: an opaque key,
         e.g. one document of one editor, that keeps its KV-cache slot)."""
-        if fmt == "spm" and token_healing and not self.can_heal:
-            fmt = "psm"
-        prompt = build_infill_prompt(self.tokenizer, prefix, suffix, fmt, token_healing)
+        prompt = build_infill_prompt(self.tokenizer, prefix, suffix, self.layout(fmt, token_healing), token_healing)
         return self.generate(prompt, params, cancel, on_text, session)
 
     def generate(

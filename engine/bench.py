@@ -225,7 +225,9 @@ def bench_cuda_7b(new_tokens: int, tokenizer_path: Path) -> dict[str, dict]:
 
 LLAMA_TYPES = [("fp32", "float32", "none", "f32"), ("bf16", "bfloat16", "none", "bf16"),
                ("int8", "bfloat16", "int8", "q8_0"), ("int4", "bfloat16", "int4", "Q4_0")]  # fmt: skip
-"""(our label, our dtype, our quantization, llama.cpp type: an --outtype, or a llama-quantize type)."""
+"""(our label, our dtype, our quantization, llama.cpp's type)."""
+QUANTIZED_FROM_F32 = {"Q4_0"}
+"""llama.cpp types its converter cannot write: llama-quantize makes them from the F32 file."""
 
 
 def llama_cpp_ggufs(llama_dir: Path, model_path: Path, workdir: Path) -> dict[str, Path]:
@@ -240,11 +242,11 @@ def llama_cpp_ggufs(llama_dir: Path, model_path: Path, workdir: Path) -> dict[st
     files = {}
     for label, _, _, kind in LLAMA_TYPES:
         out = workdir / f"{label}.gguf"
-        if kind.islower():
+        if kind in QUANTIZED_FROM_F32:
+            command = [str(llama_dir / "build" / "bin" / "llama-quantize"), str(files["fp32"]), str(out), kind]
+        else:
             command = [sys.executable, str(llama_dir / "convert_hf_to_gguf.py"), str(hf), "--outtype", kind,
                        "--outfile", str(out)]  # fmt: skip
-        else:
-            command = [str(llama_dir / "build" / "bin" / "llama-quantize"), str(files["fp32"]), str(out), kind]
         subprocess.run(command, check=True, capture_output=True, env=env)
         files[label] = out
     return files

@@ -178,10 +178,8 @@ class TokenStream:
             return []
         if token in self._stop_ids:
             return []
-        self.lookup.add(token)
         room = min(self.cache.max_seq_len - self._pos - 1, self.params.max_new_tokens - len(self.tokens) - 1)
-        draft = self.lookup.draft(max(0, min(room, self.draft_size)))
-        self.lookup.tokens.pop()  # `token` is added for real when it is emitted
+        draft = self.lookup.draft_after(token, max(0, min(room, self.draft_size)))
         # never draft past an end token: the model's own pick after the draft may still be one
         return draft[: next((i for i, t in enumerate(draft) if t in self._stop_ids), len(draft))]
 

@@ -142,9 +142,7 @@ class Pipeline:
             context_deadline=started + CONTEXT_TIME_SHARE * settings.time_budget_ms / 1000,
         )
         tok = self.engine.tokenizer
-        fmt = p.format
-        if fmt == "spm" and token_healing and not self.engine.can_heal:
-            fmt = "psm"  # a backend that cannot constrain the first token: the layout that needs no healing
+        fmt = self.engine.layout(p.format, token_healing)
         prompt = infill_prompt(tok, parts.prefix, parts.prefix_ids, parts.suffix_ids, fmt, token_healing)
         multiline = wants_multiline(snap.context, settings.multiline)
         params = SamplingParams(

@@ -31,7 +31,7 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from engine.backend import Backend, Cancel, PromptTooLong, as_callable
+from engine.backend import Backend, PromptTooLong
 from engine.healing import HealingConstraint
 from engine.middle_text import MiddleText
 from engine.prompts import InfillPrompt
@@ -93,7 +93,6 @@ class RemoteEngine(Backend):
             self.client.close()
             raise
         self.can_heal = True
-        self.last_cached_tokens: int | None = None
 
     def _new_client(self) -> httpx.Client:
         headers = {"Authorization": f"Bearer {self._key}"} if self._key else {}
@@ -184,17 +183,11 @@ class RemoteEngine(Backend):
 
     # ---- completions ----
 
-    def stream(
-        self,
-        prompt: InfillPrompt,
-        params: SamplingParams | None = None,
-        *,
-        session: Hashable | None = None,
-        cancel: Cancel = None,
-        started: float | None = None,
-    ) -> RemoteStream:
-        params = params or SamplingParams()
-        return RemoteStream(self, prompt, params, as_callable(cancel), started or time.perf_counter())
+    def open_stream(
+        self, prompt: InfillPrompt, params: SamplingParams, session: Hashable | None, cancel: Callable[[], bool],
+        started: float,
+    ) -> RemoteStream:  # fmt: skip
+        return RemoteStream(self, prompt, params, cancel, started)  # the server keeps its own cache: no session
 
     def events(self, body: dict, stop: Callable[[], bool]) -> Iterator[Chunk]:
         """POST one completion request; yield its events (streamed, or the one answer) until the
@@ -386,12 +379,11 @@ class RemoteStream:
             )
 
     def _body(self, max_tokens: int, logit_bias: dict[int, float] | None, stream: bool) -> dict:
-        p = self.params
         tokens = self.prompt.tokens + self.generated
         c = self.engine.config
         return completion_body(
-            c.kind, tokens, max_tokens, p.temperature, p.top_p, p.seed, logit_bias, c.model, stream,
-            tuple(sorted(self._stop_ids)),
+            c.kind, tokens, max_tokens, self.params, logit_bias=logit_bias, model=c.model, stream=stream,
+            stop_ids=tuple(sorted(self._stop_ids)),
         )  # fmt: skip
 
     def _one_healing_token(self, allowed: list[int]) -> int | None:
@@ -473,7 +465,6 @@ class RemoteStream:
             self.stats.reused_tokens = cached
         self._prefilled[self._request] = sent - cached
         self.stats.prefilled_tokens = sum(self._prefilled.values())
-        self.engine.last_cached_tokens = chunk.cached_tokens
 
     def _new_request(self) -> None:
         self._request += 1

@@ -15,7 +15,7 @@ import threading
 import time
 from collections.abc import Callable, Hashable, Iterator
 
-from engine.backend import Backend, Cancel, Completion, PromptTooLong, as_callable
+from engine.backend import Backend, Cancel, Completion, PromptTooLong
 from engine.generate import GenerationStats, SamplingParams, TokenStream
 from engine.middle_text import MiddleText
 from engine.model import KVCache, Transformer
@@ -64,6 +64,11 @@ class Stream:
         self._slot = 0
         self._reuse = 0
         self._closed = False
+
+    @property
+    def generated(self) -> list[int]:
+        """The tokens generated so far."""
+        return self._tokens.tokens if self._tokens is not None else []
 
     @property
     def text(self) -> str:
@@ -182,19 +187,11 @@ class InfillEngine(Backend):
     def trained_length(self) -> int:
         return self.model.args.max_seq_len
 
-    def stream(
-        self,
-        prompt: InfillPrompt,
-        params: SamplingParams | None = None,
-        *,
-        session: Hashable | None = None,
-        cancel: Cancel = None,
-        started: float | None = None,
-    ) -> Stream:
-        """Generation as an iterator of text pieces; see Stream. `started` (perf_counter) is when
-        the request began: the time budget counts from there."""
-        params = params or SamplingParams()
-        return Stream(self, prompt, params, session, as_callable(cancel), started or time.perf_counter())
+    def open_stream(
+        self, prompt: InfillPrompt, params: SamplingParams, session: Hashable | None, cancel: Callable[[], bool],
+        started: float,
+    ) -> Stream:  # fmt: skip
+        return Stream(self, prompt, params, session, cancel, started)
 
     def _pick_slot(self, tokens: list[int], session: Hashable | None) -> tuple[int, int]:
         """(slot, tokens to reuse)."""

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from engine.options import BACKEND_KINDS, BackendKind
+from engine.sampling import SamplingParams
 
 __all__ = [
     "BACKEND_KINDS",
@@ -87,15 +88,16 @@ def completion_body(
     kind: BackendKind,
     prompt: list[int],
     max_tokens: int,
-    temperature: float,
-    top_p: float,
-    seed: int | None,
-    logit_bias: dict[int, float] | None,
-    model: str | None,
+    sampling: SamplingParams,
+    *,
+    logit_bias: dict[int, float] | None = None,
+    model: str | None = None,
     stream: bool = True,
     stop_ids: tuple[int, ...] = (),
 ) -> dict[str, Any]:
-    """The request body: sampling as ours (greedy at 0; no top-k, min-p or penalties)."""
+    """The request body: sampling as ours (temperature, top_p and seed from `sampling`; greedy
+    at 0; no top-k, min-p or penalties). max_tokens is the request's own limit."""
+    temperature, top_p, seed = sampling.temperature, sampling.top_p, sampling.seed
     body: dict[str, Any] = {
         "prompt": prompt,
         "temperature": temperature,

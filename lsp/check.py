@@ -87,30 +87,13 @@ def run_check(args: argparse.Namespace, out=sys.stdout) -> int:
 
         say("GPU memory", f"{mib(torch.cuda.memory_allocated())} allocated")
 
-    from engine.generate import SamplingParams
-
-    params = SamplingParams(max_new_tokens=args.max_tokens, temperature=0.0, time_budget_s=30.0)
-    for label, prefix in (("test completion", PREFIX), ("next keystroke", PREFIX + "f")):
-        started = time.perf_counter()
-        completion = engine.complete(prefix, SUFFIX, params=params)
-        ms = (time.perf_counter() - started) * 1000
-        s = completion.stats
-        text = completion.text if len(completion.text) <= 120 else completion.text[:117] + "..."
-        say(label, f"{ms:.0f} ms: {text!r}")
-        say(
-            "",
-            f"prompt {s.prompt_tokens} tokens ({s.reused_tokens} from the KV cache, {s.prefilled_tokens} prefilled "
-            f"in {s.prefill_s * 1000:.0f} ms); {s.generated_tokens} generated in {s.decode_s * 1000:.0f} ms "
-            f"({s.decode_tokens_per_s:.1f} tokens/s), stopped at {s.stop_reason}",
-        )
-    return 0
+    return 0 if two_completions(engine, args.max_tokens, say, "the KV cache") else 1
 
 
 def check_backend(spec: ModelSpec, max_tokens: int, say) -> int:
     """A shared inference server: reachable, which model, our tokenizer's vocabulary, latency,
     token healing, one test completion and one keystroke (the server's prefix cache)."""
     from engine.remote import RemoteEngine
-    from engine.sampling import SamplingParams
     from engine.tokenizer import Tokenizer
     from engine.wire import BackendError
 
@@ -128,6 +111,19 @@ def check_backend(spec: ModelSpec, max_tokens: int, say) -> int:
     served = engine.served
     vocab = "not reported" if served.vocab_size is None else f"{served.vocab_size} tokens (matches the tokenizer)"
     say("model", f"{served.name}; vocabulary {vocab}; {engine.max_seq_len} positions per request")
+    if not two_completions(engine, max_tokens, say, "the server's prefix cache"):
+        return 1
+    heal = "logit bias honoured (SPM with token healing)" if engine.can_heal else "logit bias ignored: SPM sent as PSM"
+    say("token healing", heal)
+    return 0
+
+
+def two_completions(engine, max_tokens: int, say, cache: str) -> bool:
+    """A cold completion, then one a character further (what `cache` reused shows whether keystrokes
+    reuse it); False when the backend failed."""
+    from engine.sampling import SamplingParams
+    from engine.wire import BackendError
+
     params = SamplingParams(max_new_tokens=max_tokens, temperature=0.0, time_budget_s=30.0)
     for label, prefix in (("test completion", PREFIX), ("next keystroke", PREFIX + "f")):
         started = time.perf_counter()
@@ -135,18 +131,15 @@ def check_backend(spec: ModelSpec, max_tokens: int, say) -> int:
             completion = engine.complete(prefix, SUFFIX, params=params)
         except BackendError as e:
             say(label, f"FAILED: {e}")
-            return 1
+            return False
         ms = (time.perf_counter() - started) * 1000
         s = completion.stats
         text = completion.text if len(completion.text) <= 120 else completion.text[:117] + "..."
-        say(label, f"{ms:.0f} ms round trip: {text!r}")
-        cached = "not reported by the server" if s.reused_tokens == 0 and s.prefilled_tokens == 0 else (
-            f"{s.reused_tokens} from the server's prefix cache"
-        )  # fmt: skip
+        say(label, f"{ms:.0f} ms: {text!r}")
         say(
             "",
-            f"prompt {s.prompt_tokens} tokens ({cached}); {s.generated_tokens} generated, stopped at {s.stop_reason}",
+            f"prompt {s.prompt_tokens} tokens ({s.reused_tokens} from {cache}, {s.prefilled_tokens} prefilled "
+            f"in {s.prefill_s * 1000:.0f} ms); {s.generated_tokens} generated in {s.decode_s * 1000:.0f} ms "
+            f"({s.decode_tokens_per_s:.1f} tokens/s), stopped at {s.stop_reason}",
         )
-    heal = "logit bias honoured (SPM with token healing)" if engine.can_heal else "logit bias ignored: SPM sent as PSM"
-    say("token healing", heal)
-    return 0
+    return True

@@ -145,9 +145,13 @@ def connect(spec: ModelSpec) -> ServedModel:
     assert spec.backend is not None
     started = time.perf_counter()
     engine = RemoteEngine(spec.backend, Tokenizer(tokenizer_file(spec.model)))
-    warm_up(engine)
+    try:
+        warm_up(engine)
+    except BaseException:
+        engine.close()
+        raise
     elapsed = time.perf_counter() - started
-    return ServedModel(RemoteModel(engine, elapsed), spec, elapsed)  # type: ignore[arg-type]
+    return ServedModel(RemoteModel(engine, elapsed), spec, elapsed)
 
 
 def load(spec: ModelSpec) -> ServedModel:

@@ -29,6 +29,13 @@ class CheckpointError(ValueError):
     """A checkpoint cannot be loaded; the message names the file and the problem."""
 
 
+def current_umask() -> int:
+    """The process's umask (reading it means setting it: put back at once)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 @contextmanager
 def atomic_folder(out_dir: Path, marker: str) -> Iterator[Path]:
     """A staging folder beside out_dir that replaces it when the block ends without error: a
@@ -42,8 +49,7 @@ def atomic_folder(out_dir: Path, marker: str) -> Iterator[Path]:
         )
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    umask = os.umask(0)
-    os.umask(umask)
+    umask = current_umask()
     staging.chmod(0o777 & ~umask)  # mkdtemp makes it private; a model folder is not
     try:
         yield staging

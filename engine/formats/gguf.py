@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from engine.formats.common import CheckpointError
+from engine.formats.common import CheckpointError, current_umask
 from engine.model import ModelArgs, Transformer
 from engine.tokenizer import Tokenizer
 
@@ -160,9 +160,3 @@ def save_gguf(out: Path, model: Transformer, tokenizer_path: Path, file_type: st
     finally:
         Path(staging).unlink(missing_ok=True)
     return out
-
-
-def current_umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask

@@ -9,21 +9,24 @@ import math
 
 import pytest
 
+from engine.sampling import SamplingParams
 from engine.wire import WireError, completion_body, parse_event, parse_models
 
 
 def test_openai_body_sends_token_ids_and_asks_for_them_back():
-    body = completion_body("openai", [1, 2, 3], 16, 0.0, 0.9, None, {7: 100.0}, "team-13b", stream=True)
+    greedy = SamplingParams(temperature=0.0, top_p=0.9)
+    body = completion_body("openai", [1, 2, 3], 16, greedy, logit_bias={7: 100.0}, model="team-13b", stream=True)
     assert body["prompt"] == [1, 2, 3] and body["max_tokens"] == 16 and body["model"] == "team-13b"
     assert body["logprobs"] == 1 and body["return_tokens_as_token_ids"] is True
     assert body["logit_bias"] == {"7": 100.0} and body["temperature"] == 0.0
     assert body["stream_options"]["include_usage"] is True
     # a whole answer: stream_options is only allowed with stream (OpenAI and vLLM refuse it)
-    assert "stream_options" not in completion_body("openai", [1], 1, 0.0, 0.9, None, None, None, stream=False)
+    assert "stream_options" not in completion_body("openai", [1], 1, greedy, stream=False)
 
 
 def test_llamacpp_body_caches_the_prompt_and_bans_with_false():
-    body = completion_body("llamacpp", [1, 2], 8, 0.8, 0.95, 3, {5: -math.inf, 6: 100.0}, None)
+    sampled = SamplingParams(temperature=0.8, top_p=0.95, seed=3)
+    body = completion_body("llamacpp", [1, 2], 8, sampled, logit_bias={5: -math.inf, 6: 100.0})
     assert body["cache_prompt"] is True and body["return_tokens"] is True and body["n_predict"] == 8
     assert body["logit_bias"] == [[5, False], [6, 100.0]] and body["seed"] == 3 and body["top_p"] == 0.95
 

@@ -97,7 +97,7 @@ def generated_tokens(engine, prompt, params) -> list[int]:
     with engine.stream(prompt, params) as stream:
         for _ in stream:
             pass
-    return stream.generated if hasattr(stream, "generated") else list(stream._tokens.tokens)
+    return list(stream.generated)
 
 
 def margin_at_divergence(local, prompt, ours: list[int], theirs: list[int]) -> float:
