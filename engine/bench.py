@@ -40,6 +40,7 @@ from engine.generate import SamplingParams
 from engine.loader import load_engine
 from engine.machine import describe_machine
 from engine.model import MODEL_CONFIGS, Transformer
+from engine.options import COMPILE_MODES
 from engine.prompts import build_infill_prompt
 from engine.session import InfillEngine
 from engine.tokenizer import Tokenizer
@@ -149,8 +150,9 @@ def rss_mb() -> float:
     return float("nan")
 
 
-def quant_worker(model_path: str, dtype: str, quantize: str, new_tokens: int) -> dict:
-    """Runs in its own process: load, measure memory, prefill and decode."""
+def quant_worker(model_path: str, dtype: str, quantize: str, new_tokens: int, compile: str = "off") -> dict:
+    """Runs in its own process: load, measure memory, prefill and decode (eager, and with compile
+    "auto" or "on" also compiled, side by side: decode_tok_s is then what the server would use)."""
     started = time.perf_counter()
     engine = load_engine(
         model_path, "cpu", dtype, quantize, max_seq_len=1024, cache_slots=1, past_trained_length=True
@@ -160,20 +162,36 @@ def quant_worker(model_path: str, dtype: str, quantize: str, new_tokens: int) ->
     prefix, suffix = source_around_function_end(tokenizer, 400, 100)
     engine.complete(prefix, suffix, params=SamplingParams(max_new_tokens=2))  # warm-up
     engine.reset_cache()
-    result = engine.complete(prefix, suffix, params=SamplingParams(max_new_tokens=new_tokens, prompt_lookup=False))
+    params = SamplingParams(max_new_tokens=new_tokens, prompt_lookup=False)
+    result = engine.complete(prefix, suffix, params=params)
     s = result.stats
-    return {
+    figures = {
         "load_s": load_s,
         # Read after generating: right after loading, mmapped safetensors weights are not yet
         # paged in, so the figure would miss most of them.
         "rss_mb": rss_mb(),
         "prefill_tok_s": s.prefilled_tokens / s.prefill_s,
         "decode_tok_s": (s.generated_tokens - 1) / s.decode_s,
+        "eager_decode_tok_s": (s.generated_tokens - 1) / s.decode_s,
         "prompt_tokens": s.prompt_tokens,
     }
+    if compile != "off":
+        report = engine.prepare_decode(compile)
+        figures["decode_step"] = report.describe()
+        if engine.compiled is not None:
+            decoder, rates = engine.compiled, {"eager": [], "compiled": []}
+            for _ in range(2):  # alternate, on a cold cache each time (prefill not timed here)
+                for kind in rates:
+                    engine.compiled = decoder if kind == "compiled" else None
+                    engine.reset_cache()
+                    s = engine.complete(prefix, suffix, params=params).stats
+                    rates[kind].append((s.generated_tokens - 1) / s.decode_s)
+            figures["eager_decode_tok_s"] = max(rates["eager"])
+            figures["compiled_decode_tok_s"] = figures["decode_tok_s"] = max(rates["compiled"])
+    return figures
 
 
-def bench_quantization(model_path: Path, new_tokens: int) -> dict[str, dict]:
+def bench_quantization(model_path: Path, new_tokens: int, compile: str) -> dict[str, dict]:
     rows = {}
     for label, dtype, quantize in [
         ("fp32", "float32", "none"),
@@ -181,47 +199,72 @@ def bench_quantization(model_path: Path, new_tokens: int) -> dict[str, dict]:
         ("int8", "bfloat16", "int8"),
         ("int4", "bfloat16", "int4"),
     ]:
-        command = [sys.executable, "-m", "engine.bench", "--worker", str(model_path), dtype, quantize, str(new_tokens)]
+        command = [sys.executable, "-m", "engine.bench", "--worker", str(model_path), dtype, quantize, str(new_tokens),
+                   compile]  # fmt: skip
         out = subprocess.run(command, capture_output=True, text=True, check=True)
         rows[label] = json.loads(out.stdout.strip().splitlines()[-1])
     return rows
 
 
-def bench_cuda_7b(new_tokens: int, tokenizer_path: Path) -> dict[str, dict]:
-    """Full-size random Code Llama 7B on the GPU: bf16, int8 (torch), nf4 (bitsandbytes)."""
-    from engine.checkpoints import build_model
+def compiled_cell(row: dict) -> str:
+    """ "tokens/s (speed-up over eager)" of the compiled decode step, "-" where it is not used."""
+    if "compiled_decode_tok_s" not in row:
+        return "-"
+    return f"{row['compiled_decode_tok_s']:.1f} ({row['compiled_decode_tok_s'] / row['eager_decode_tok_s']:.2f}x)"
 
+
+def decode_rate(engine: InfillEngine, prefix: str, suffix: str, new_tokens: int, lookup: bool = False) -> float:
+    """Decode tokens/s of one completion from a cold cache."""
+    engine.reset_cache()
+    stats = engine.complete(
+        prefix, suffix, params=SamplingParams(max_new_tokens=new_tokens, prompt_lookup=lookup)
+    ).stats
+    return (stats.generated_tokens - 1) / stats.decode_s
+
+
+def bench_cuda_7b(new_tokens: int, tokenizer_path: Path) -> dict[str, dict]:
+    """Full-size random Code Llama 7B on the GPU, bf16 / int8 / int4 (torch) / nf4 (bitsandbytes):
+    time to first token, decode eager vs compiled (CUDA graphs) vs compiled + prompt lookup."""
     peak = {"H200": 4.8e12, "H100": 3.35e12, "A100": 2.0e12}
     name = torch.cuda.get_device_name()
-    bandwidth = next((bw for key, bw in peak.items() if key in name), None)
-    args = MODEL_CONFIGS["7B"]
+    bandwidth = next((bw for key, bw in peak.items() if key in name), float("nan"))
     tok = Tokenizer(tokenizer_path)
-    prefix, suffix = source_around_function_end(tok, 1500, 500)
     rows = {}
-    for mode in ("none", "int8", "nf4"):
-        torch.manual_seed(0)
-        with torch.device("cuda"):
-            state = {k: v.to(torch.bfloat16) for k, v in Transformer(args).state_dict().items()}
-        model = build_model(args, state, torch.device("cuda"), torch.bfloat16, mode)
-        del state
-        weight_bytes = sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()])
-        engine = InfillEngine(model, tok, max_seq_len=4096, cache_slots=1)
-        engine.complete(prefix, suffix, params=SamplingParams(max_new_tokens=4))  # warm-up
-        engine.reset_cache()
-        first = engine.complete(prefix, suffix, params=SamplingParams(max_new_tokens=1))
-        engine.reset_cache()
-        full = engine.complete(prefix, suffix, params=SamplingParams(max_new_tokens=new_tokens, prompt_lookup=False))
-        tok_s = (full.stats.generated_tokens - 1) / full.stats.decode_s
-        rows[mode] = {
-            "ttft_ms": 1000 * first.stats.total_s,
-            "decode_tok_s": tok_s,
-            "weights_gb": weight_bytes / 1e9,
-            "bandwidth_fraction": weight_bytes * tok_s / bandwidth if bandwidth else float("nan"),
-        }
-        del engine, model
+    for mode in ("none", "int8", "int4", "nf4"):
+        rows[mode] = cuda_7b_row(mode, tok, new_tokens, bandwidth)
         torch.cuda.empty_cache()
     return rows
 
+
+def cuda_7b_row(mode: str, tok: Tokenizer, new_tokens: int, bandwidth: float) -> dict:
+    from engine.checkpoints import build_model
+
+    args = MODEL_CONFIGS["7B"]
+    prefix, suffix = source_around_function_end(tok, 1500, 500)
+    torch.manual_seed(0)
+    with torch.device("cuda"):
+        state = {k: v.to(torch.bfloat16) for k, v in Transformer(args).state_dict().items()}
+    model = build_model(args, state, torch.device("cuda"), torch.bfloat16, mode)
+    del state
+    weight_bytes = sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()])
+    engine = InfillEngine(model, tok, max_seq_len=4096, cache_slots=1)
+    engine.complete(prefix, suffix, params=SamplingParams(max_new_tokens=4))  # warm-up
+    engine.reset_cache()
+    first = engine.complete(prefix, suffix, params=SamplingParams(max_new_tokens=1))
+    row = {"ttft_ms": 1000 * first.stats.total_s, "eager_tok_s": decode_rate(engine, prefix, suffix, new_tokens)}
+    row["decode_step"] = engine.prepare_decode("on").describe()
+    if engine.compiled is not None:
+        row["compiled_tok_s"] = decode_rate(engine, prefix, suffix, new_tokens)
+        row["compiled_lookup_tok_s"] = decode_rate(engine, prefix, suffix, new_tokens, lookup=True)
+    best = max(row.get("compiled_tok_s", 0.0), row["eager_tok_s"])
+    row["weights_gb"] = weight_bytes / 1e9
+    row["bandwidth_fraction"] = weight_bytes * best / bandwidth
+    return row
+
+
+CUDA_HEADERS = ["weights", "TTFT ms", "decode tokens/s eager / compiled / compiled + lookup", "weights GB",
+                "of bandwidth bound", "step"]  # fmt: skip
+CUDA_DECODE_KINDS = ("eager_tok_s", "compiled_tok_s", "compiled_lookup_tok_s")
 
 LLAMA_TYPES = [("fp32", "float32", "none", "f32"), ("bf16", "bfloat16", "none", "bf16"),
                ("int8", "bfloat16", "int8", "q8_0"), ("int4", "bfloat16", "int4", "Q4_0")]  # fmt: skip
@@ -272,7 +315,7 @@ def llama_bench(llama_dir: Path, gguf: Path, threads: int, prompt: int, new_toke
     return prefill, decode, note
 
 
-def bench_llama_cpp(llama_dir: Path, model_path: Path, workdir: Path, rounds: int = 2) -> list[list[str]]:
+def bench_llama_cpp(llama_dir: Path, model_path: Path, workdir: Path, compile: str, rounds: int = 2) -> list[list[str]]:
     """Rows: weights, then per round 'prefill ours / llama.cpp' and 'decode ours / llama.cpp'."""
     threads = torch.get_num_threads()
     files = llama_cpp_ggufs(llama_dir, model_path, workdir)
@@ -280,7 +323,17 @@ def bench_llama_cpp(llama_dir: Path, model_path: Path, workdir: Path, rounds: in
     for label, dtype, quantize, kind in LLAMA_TYPES:
         prefill, decode, notes = [], [], set()
         for _ in range(rounds):  # alternate: ours, theirs, ours, theirs (the machine is noisy)
-            command = [sys.executable, "-m", "engine.bench", "--worker", str(model_path), dtype, quantize, "64"]
+            command = [
+                sys.executable,
+                "-m",
+                "engine.bench",
+                "--worker",
+                str(model_path),
+                dtype,
+                quantize,
+                "64",
+                compile,
+            ]
             ours = json.loads(
                 subprocess.run(command, capture_output=True, text=True, check=True).stdout.split("\n")[-2]
             )
@@ -309,8 +362,8 @@ def build_benchmark_model(args: argparse.Namespace, workdir: Path) -> Path:
 
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "--worker":
-        path, dtype, quantize, new_tokens = sys.argv[2:6]
-        print(json.dumps(quant_worker(path, dtype, quantize, int(new_tokens))))
+        path, dtype, quantize, new_tokens, compile = sys.argv[2:7]
+        print(json.dumps(quant_worker(path, dtype, quantize, int(new_tokens), compile)))
         return
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", help="checkpoint folder (default: random weights of --config)")
@@ -321,6 +374,10 @@ def main() -> None:
     parser.add_argument("--new-tokens", type=int, default=32)
     parser.add_argument("--skip", default="", help="comma-separated sections to skip: keys,decode,quant,cuda")
     parser.add_argument("--llama-cpp", type=Path, metavar="DIR", help="a built llama.cpp tree to compare with")
+    parser.add_argument(
+        "--compile", default="auto", choices=COMPILE_MODES,
+        help="quant and llama.cpp sections: also time the compiled decode step where it is used (as the server)",
+    )  # fmt: skip
     args = parser.parse_args()
     skip = set(args.skip.split(","))
     torch.manual_seed(0)
@@ -363,18 +420,20 @@ def main() -> None:
             print(f"decode speed-up: {d['ours_tok_s'] / d['transformers_tok_s']:.2f}x")
         del engine, model
         if "quant" not in skip:
-            rows = bench_quantization(path, args.new_tokens)
-            bf16 = rows["bf16"]["decode_tok_s"]
-            print("\n## CPU precision and quantization")
+            rows = bench_quantization(path, args.new_tokens, args.compile)
+            bf16 = rows["bf16"]["eager_decode_tok_s"]
+            print(f"\n## CPU precision and quantization (decode step: --compile {args.compile})")
             table(
-                ["weights", "decode tokens/s", "vs bf16", "prefill tokens/s", "resident MB after generating"],
+                ["weights", "decode tokens/s eager", "vs bf16", "compiled", "prefill tokens/s", "resident MB", "step"],
                 [
                     [
                         label,
-                        f"{r['decode_tok_s']:.1f}",
-                        f"{r['decode_tok_s'] / bf16:.2f}x",
+                        f"{r['eager_decode_tok_s']:.1f}",
+                        f"{r['eager_decode_tok_s'] / bf16:.2f}x",
+                        compiled_cell(r),
                         f"{r['prefill_tok_s']:.0f}",
                         f"{r['rss_mb']:.0f}",
+                        r.get("decode_step", "decode step eager"),
                     ]
                     for label, r in rows.items()
                 ],
@@ -382,7 +441,7 @@ def main() -> None:
         if args.llama_cpp is None:
             print("\n## llama.cpp: skipped (give --llama-cpp DIR, a llama.cpp tree with llama-bench built)")
         else:
-            rows = bench_llama_cpp(args.llama_cpp, path, Path(workdir))
+            rows = bench_llama_cpp(args.llama_cpp, path, Path(workdir), args.compile)
             print(f"\n## ours / llama.cpp, same weights, {torch.get_num_threads()} threads each, two rounds")
             print("(prefill: a ~520-token prompt; decode: 64 tokens; llama-bench -p/-n; tokens/s in brackets)")
             table(["weights", "prefill ours / llama.cpp", "decode ours / llama.cpp", "note"], rows)
@@ -390,14 +449,22 @@ def main() -> None:
             rows = bench_cuda_7b(args.new_tokens, tokenizer.path)
             print(f"\n## {torch.cuda.get_device_name()}: Code Llama 7B shapes, random weights, 2,000-token prompt")
             table(
-                ["weights", "TTFT ms", "decode tokens/s", "weights GB", "of bandwidth bound"],
+                [
+                    "weights",
+                    "TTFT ms",
+                    "decode tokens/s eager / compiled / compiled + lookup",
+                    "weights GB",
+                    "of bandwidth bound",
+                    "step",
+                ],
                 [
                     [
                         mode,
                         f"{r['ttft_ms']:.0f}",
-                        f"{r['decode_tok_s']:.1f}",
+                        " / ".join(f"{r[k]:.1f}" if k in r else "-" for k in CUDA_DECODE_KINDS),
                         f"{r['weights_gb']:.1f}",
                         f"{r['bandwidth_fraction']:.0%}",
+                        r["decode_step"],
                     ]
                     for mode, r in rows.items()
                 ],

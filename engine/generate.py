@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Generator, Iterator
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -18,6 +19,9 @@ from engine.lookup import DRAFT_MAX, DRAFT_START, PromptLookup
 from engine.model import KVCache, Transformer
 from engine.sampling import GenerationStats, SamplingParams
 from engine.tokenizer import Tokenizer
+
+if TYPE_CHECKING:
+    from engine.compiled import CompiledDecode
 
 __all__ = ["GenerationStats", "SamplingParams", "TokenStream", "decode_one_token", "prefill", "sample"]
 
@@ -107,9 +111,12 @@ class TokenStream:
         params: SamplingParams,
         healing: str = "",
         lookup: list[int] | None = None,
+        decoder: CompiledDecode | None = None,
     ) -> None:
-        """lookup: the whole prompt, to draft from (speculative decoding, greedy only); None: off."""
+        """lookup: the whole prompt, to draft from (speculative decoding, greedy only); None: off.
+        decoder: the compiled decode step, where it is in use (engine.compiled); None: eager."""
         self.model, self.tok, self.cache, self.slot, self.params = model, tok, cache, slot, params
+        self.decoder = decoder
         self.lookup = PromptLookup(lookup) if lookup is not None and params.temperature <= 0 else None
         self.draft_size = DRAFT_START
         """Adapts: grows while drafts are kept whole, shrinks to what was kept when one is cut."""
@@ -168,7 +175,10 @@ class TokenStream:
                 continue
             if not (yield from self._emit(token, fed=False)):
                 return
-            logits = decode_one_token(self.model, token, self._pos, self.cache, self.slot)
+            if self.decoder is not None:
+                logits = self.decoder(token, self._pos, self.cache, self.slot)
+            else:
+                logits = decode_one_token(self.model, token, self._pos, self.cache, self.slot)
             self.fed += 1
             self._pos += 1
 

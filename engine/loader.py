@@ -7,6 +7,7 @@ Used by the server (lsp/loading.py), `codellama-lsp complete` / `check` / `conve
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,7 +16,10 @@ import torch
 
 from engine.checkpoints import CheckpointInfo, load_model
 from engine.defaults import default_model_path
+from engine.prefill_choice import tune as tune_prefill
 from engine.session import InfillEngine
+
+log = logging.getLogger(__name__)
 
 DEFAULT_CACHE_TOKENS = 4096
 """KV-cache positions when the caller does not say (never more than the model was trained on)."""
@@ -65,6 +69,12 @@ def load_engine(
         torch.set_num_threads(threads)
     path = model_path(model)
     module, tokenizer, info = load_model(path, device, dtype, quantize)
+    if str(module.model.embed_tokens.weight.device) == "cpu":
+        # Once per machine (then read from the user's cache): which kernel each quantized
+        # layer's prefill runs, so no request pays for measuring it.
+        tuned_started = time.perf_counter()
+        if measured := tune_prefill(module):
+            log.info("measured %d prefill kernel choices in %.1f s", measured, time.perf_counter() - tuned_started)
     # Positions past the trained length are out of the model's distribution.
     cache = max_seq_len if past_trained_length else max(64, min(max_seq_len, info.args.max_seq_len))
     engine = InfillEngine(module, tokenizer, max_seq_len=cache, cache_slots=cache_slots)

@@ -18,6 +18,7 @@ Dtype = Literal["auto", "float32", "bfloat16", "float16"]
 InfillFormat = Literal["spm", "psm"]
 Multiline = Literal["auto", "always", "never"]
 BackendKind = Literal["openai", "llamacpp"]
+CompileMode = Literal["auto", "on", "off"]
 
 QUANTIZATIONS: tuple[str, ...] = typing.get_args(Quantization)
 TORCH_QUANTIZATIONS = ("int8", "int4")
@@ -32,6 +33,7 @@ DTYPES: tuple[str, ...] = typing.get_args(Dtype)
 INFILL_FORMATS: tuple[str, ...] = typing.get_args(InfillFormat)
 MULTILINE_MODES: tuple[str, ...] = typing.get_args(Multiline)
 BACKEND_KINDS: tuple[str, ...] = typing.get_args(BackendKind)
+COMPILE_MODES: tuple[str, ...] = typing.get_args(CompileMode)
 
 
 def bounded(default: Any, low: float, high: float) -> Any:

@@ -16,13 +16,14 @@ checkpoint can save; the modules pack them for the device they run on when built
 
 from __future__ import annotations
 
-import time
+import functools
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from engine.options import BNB_QUANTIZATIONS, QUANTIZATIONS, TORCH_QUANTIZATIONS
+from engine.prefill_choice import PREFILL_ROWS, prefers_gemm
 
 __all__ = ["BNB_QUANTIZATIONS", "QUANTIZATIONS", "TORCH_QUANTIZATIONS"]
 INT4_GROUPSIZE = 128
@@ -101,6 +102,10 @@ KERNEL_ALIGNMENT = 64
 
 def kernel_operand(t: torch.Tensor) -> torch.Tensor:
     """t itself if it is contiguous and 64-byte aligned, else a copy that is."""
+    if torch.compiler.is_compiling():
+        # Inside a compiled graph every intermediate is a fresh allocation of its own, and the
+        # weights were checked when the module was built; data_ptr() does not exist there.
+        return t
     if t.is_contiguous() and t.data_ptr() % KERNEL_ALIGNMENT == 0:
         return t
     copy = torch.empty(t.shape, dtype=t.dtype, device=t.device)
@@ -127,52 +132,46 @@ def int4_kernel_dtype(device: torch.device, dtype: torch.dtype) -> torch.dtype:
     return CPU_KERNEL_DTYPE if device.type == "cpu" else torch.bfloat16
 
 
-PREFILL_ROWS = 32
-"""From this many rows (prefill chunks) a CPU int8 layer may run as a bf16 GEMM instead."""
-_prefill_choice: dict[tuple[int, int, int], bool] = {}
-"""(out, in, rows bucket) -> whether dequantize + bf16 GEMM measured faster than torch's int8 kernel."""
-
-
-def faster_as_bf16_gemm(layer: Int8Linear, flat: torch.Tensor) -> bool:
-    """Measured once per shape on this machine: on one with native bf16 matrix units (AMX) a
-    dequantized bf16 GEMM ran a 7B layer's prefill several times faster than the int8 kernel;
-    on one without, the kernel may win. Decode (one row) always uses the kernel."""
-    key = (layer.out_features, layer.in_features, 1 << (flat.shape[0].bit_length() - 1))
-    if key not in _prefill_choice:
-        timings = []
-        for run in (layer.int8_kernel, layer.bf16_gemm):
-            run(flat)  # warm-up
-            started = time.perf_counter()
-            run(flat)
-            timings.append(time.perf_counter() - started)
-        _prefill_choice[key] = timings[1] < timings[0]
-    return _prefill_choice[key]
+def cpu_matmul(layer: Int8Linear | Int4Linear, flat: torch.Tensor) -> torch.Tensor:
+    """flat (rows, in) bf16 through a quantized layer on CPU: its kernel, or for a prefill where
+    that measured faster here the dequantized weight's bf16 GEMM (engine.prefill_choice)."""
+    if flat.shape[0] >= PREFILL_ROWS and layer.gemm_ok and not torch.compiler.is_compiling():
+        if prefers_gemm(layer, flat):
+            return layer.bf16_gemm(flat)
+    return layer.kernel(flat)
 
 
 class Int8Linear(nn.Module):
+    kind = "int8"
+    gemm_ok = True
+
     def __init__(self, weight: torch.Tensor, scales: torch.Tensor, dtype: torch.dtype) -> None:
         super().__init__()
         self.out_features, self.in_features = weight.shape
         self.register_buffer("weight", kernel_operand(weight))
         self.register_buffer("scales", kernel_operand(scales.to(kernel_dtype(weight.device, dtype))))
 
-    def int8_kernel(self, flat: torch.Tensor) -> torch.Tensor:
+    def kernel(self, flat: torch.Tensor) -> torch.Tensor:
         return torch._weight_int8pack_mm(flat, self.weight, self.scales)
 
     def bf16_gemm(self, flat: torch.Tensor) -> torch.Tensor:
-        return F.linear(flat, self.weight.to(CPU_KERNEL_DTYPE) * self.scales[:, None])
+        parts = []
+        for start in range(0, self.out_features, GEMM_CHUNK_ROWS):
+            rows = slice(start, start + GEMM_CHUNK_ROWS)
+            parts.append(F.linear(flat, self.weight[rows].to(CPU_KERNEL_DTYPE) * self.scales[rows, None]))
+        return torch.cat(parts, dim=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.device.type == "cpu":
             flat = kernel_operand(x.reshape(-1, self.in_features).to(CPU_KERNEL_DTYPE))
-            use_gemm = flat.shape[0] >= PREFILL_ROWS and faster_as_bf16_gemm(self, flat)
-            y = self.bf16_gemm(flat) if use_gemm else self.int8_kernel(flat)
-            return y.to(x.dtype).reshape(*x.shape[:-1], -1)
+            return cpu_matmul(self, flat).to(x.dtype).reshape(*x.shape[:-1], -1)
         # On CUDA the dequantize fuses into the matmul under torch.compile (gpt-fast).
         return F.linear(x, self.weight.to(x.dtype)) * self.scales
 
 
 class Int4Linear(nn.Module):
+    kind = "int4"
+
     def __init__(self, weight: torch.Tensor, scales_and_zeros: torch.Tensor, dtype: torch.dtype) -> None:
         super().__init__()
         self.out_features = weight.shape[0]
@@ -188,14 +187,91 @@ class Int4Linear(nn.Module):
         self.register_buffer("packed", kernel_operand(packed))
         zeros_dtype = int4_kernel_dtype(weight.device, dtype)
         self.register_buffer("scales_and_zeros", kernel_operand(scales_and_zeros.to(zeros_dtype)))
+        self.gemm_ok = weight.device.type == "cpu" and cpu_int4_layout_known()
+        """The prefill GEMM dequantizes from the packed weight (no second copy of it is kept),
+        which needs torch's CPU pack layout: checked once per process, else the kernel always runs."""
+
+    def kernel(self, flat: torch.Tensor) -> torch.Tensor:
+        return torch._weight_int4pack_mm_for_cpu(flat, self.packed, self.groupsize, self.scales_and_zeros)
+
+    def bf16_gemm(self, flat: torch.Tensor) -> torch.Tensor:
+        # Straight from the packed blocks (CPU_INT4_BLOCK), GEMM_CHUNK_ROWS output rows at a time.
+        n, k, block = self.out_features, self.in_features, CPU_INT4_BLOCK
+        full = n // block * block
+        blocks = self.packed.reshape(-1)[: full * k // 2].view(full // block, k, block // 2)
+        parts = []
+        for first in range(0, full // block, GEMM_CHUNK_ROWS // block):
+            chunk = blocks[first : first + GEMM_CHUNK_ROWS // block]  # (c, in, 32) bytes
+            c = chunk.shape[0]
+            # Row r of the chunk is lane r % 64 of block r // 64: the low nibbles hold lanes 0-31.
+            # Per block (in, 64) columns, each half dequantized on its own (measured fastest).
+            scale, offset = (
+                t.reshape(c, block, -1).transpose(1, 2).unsqueeze(2)  # (c, groups, 1, 64)
+                for t in self.group_scales(slice(first * block, (first + c) * block))
+            )
+            halves = []
+            for nibbles, lanes in ((chunk & 0xF, slice(0, block // 2)), (chunk >> 4, slice(block // 2, block))):
+                q = nibbles.to(CPU_KERNEL_DTYPE).view(c, -1, self.groupsize, block // 2)
+                halves.append(torch.addcmul(offset[..., lanes].contiguous(), q, scale[..., lanes].contiguous()))
+            weight = torch.cat(halves, dim=-1).view(c, k, block)
+            parts.append(torch.matmul(flat, weight).transpose(0, 1).reshape(flat.shape[0], -1))
+        if n > full:  # the rows after the last full block
+            q = unpack_cpu_int4(self.packed, n, k)[full:].to(CPU_KERNEL_DTYPE)
+            scale, offset = self.group_scales(slice(full, n))
+            groups = q.view(n - full, -1, self.groupsize)
+            weight = torch.addcmul(offset.unsqueeze(-1), groups, scale.unsqueeze(-1)).reshape(n - full, k)
+            parts.append(F.linear(flat, weight))
+        return torch.cat(parts, dim=1)
+
+    def group_scales(self, rows: slice) -> tuple[torch.Tensor, torch.Tensor]:
+        """(scale, offset) per row and group, so that w = q * scale + offset (offset = zero - 8 * scale)."""
+        scale, zero = self.scales_and_zeros[:, rows].unbind(-1)  # (groups, rows) each
+        return scale.t(), (zero - 8 * scale).t()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         flat = kernel_operand(x.reshape(-1, self.in_features).to(self.scales_and_zeros.dtype))
         if x.device.type == "cpu":
-            y = torch._weight_int4pack_mm_for_cpu(flat, self.packed, self.groupsize, self.scales_and_zeros)
+            y = cpu_matmul(self, flat)
         else:
             y = torch._weight_int4pack_mm(flat, self.packed, self.groupsize, self.scales_and_zeros)
         return y.to(x.dtype).reshape(*x.shape[:-1], -1)
+
+
+GEMM_CHUNK_ROWS = 512
+"""Output rows a prefill GEMM dequantizes at a time: 4 MB of bf16 at 4,096 inputs, which stays in
+cache. A 7B layer dequantized whole ran 1.5-3x slower here (written out to memory and read back):
+11008x4096 int8 at 512 rows 112 -> 85 ms, int4 224 -> 107 ms, the kernels 309-321 ms."""
+
+CPU_INT4_BLOCK = 64
+"""torch's CPU int4 pack stores rows in blocks of 64: [N/64][K][32] bytes, row n of a block in
+the low nibble and n + 32 in the high one; the rows past the last full block as [K][rest/2],
+two neighbouring rows a byte (torch 2.13; cpu_int4_layout_known() checks it)."""
+
+
+def unpack_cpu_int4(packed: torch.Tensor, out_features: int, in_features: int) -> torch.Tensor:
+    """The (out, in) uint8 values 0..15 that torch._convert_weight_to_int4pack_for_cpu packed."""
+    flat = packed.reshape(-1)
+    full = out_features // CPU_INT4_BLOCK * CPU_INT4_BLOCK
+    parts = []
+    if full:
+        blocks = flat[: full * in_features // 2].view(full // CPU_INT4_BLOCK, in_features, CPU_INT4_BLOCK // 2)
+        rows = torch.cat([blocks & 0xF, blocks >> 4], dim=-1)  # (blocks, in, 64)
+        parts.append(rows.transpose(1, 2).reshape(full, in_features))
+    if out_features > full:
+        rest = flat[full * in_features // 2 :].view(in_features, (out_features - full) // 2)
+        parts.append(torch.stack([rest & 0xF, rest >> 4], dim=-1).reshape(in_features, -1).t())
+    return torch.cat(parts) if len(parts) > 1 else parts[0]
+
+
+@functools.cache
+def cpu_int4_layout_known() -> bool:
+    """Whether unpack_cpu_int4 undoes this torch's CPU pack (a full block and a tail of rows)."""
+    values = torch.randint(0, 16, (CPU_INT4_BLOCK + 16, 2 * INT4_GROUPSIZE), dtype=torch.int32)
+    try:
+        packed = torch._convert_weight_to_int4pack_for_cpu(values, INT4_INNER_K_TILES)
+        return torch.equal(unpack_cpu_int4(packed, *values.shape).to(torch.int32), values)
+    except (RuntimeError, ValueError):
+        return False
 
 
 def bnb_linear(weight: torch.Tensor, mode: str, dtype: torch.dtype) -> nn.Module:

@@ -10,17 +10,23 @@ slot sharing the longest prefix is used, or the least recently used one.
 
 from __future__ import annotations
 
+import logging
 import math
 import threading
 import time
+import traceback
 from collections.abc import Callable, Hashable, Iterator
 
 from engine.backend import Backend, Cancel, Completion, PromptTooLong
+from engine.compiled import CompiledDecode, DecodeReport, build_compiled_decode, worth_trying
 from engine.generate import GenerationStats, SamplingParams, TokenStream
 from engine.middle_text import MiddleText
 from engine.model import KVCache, Transformer
+from engine.options import COMPILE_MODES
 from engine.prompts import InfillPrompt
 from engine.tokenizer import Tokenizer
+
+log = logging.getLogger(__name__)
 
 __all__ = ["Cancel", "Completion", "InfillEngine", "PromptTooLong", "Stream"]
 
@@ -99,6 +105,7 @@ class Stream:
                 self.params,
                 self.prompt.healing,
                 lookup=tokens if self.params.prompt_lookup else None,
+                decoder=self.engine.compiled,
             )
         except BaseException:
             self.engine._lock.release()
@@ -178,6 +185,40 @@ class InfillEngine(Backend):
         self._slot_used = [0] * cache_slots
         self._requests = 0
         self._lock = threading.Lock()
+        self.compiled: CompiledDecode | None = None
+        """The compiled decode step once it is built and measured faster (prepare_decode)."""
+        self.decode_report = DecodeReport()
+
+    def prepare_decode(self, mode: str = "auto", background: bool = False) -> DecodeReport:
+        """Compile the decode step (engine.compiled) and use it where it measures faster.
+
+        mode: off, auto (where compiling can pay: see engine.compiled.worth_trying), on (always
+        compile and use it, unless its tokens differ). background: serve with the eager step
+        while compiling in a thread (on CPU only: CUDA graphs are captured before serving)."""
+        if mode not in COMPILE_MODES:
+            raise ValueError(f"unknown compile mode {mode!r}: expected one of {', '.join(COMPILE_MODES)}")
+        reason = "off" if mode == "off" else worth_trying(self.model, self.device) if mode == "auto" else ""
+        if reason:
+            self.decode_report = DecodeReport("eager", reason)
+            return self.decode_report
+        self.decode_report = DecodeReport("compiling")
+        if background and self.device.type == "cpu":
+            threading.Thread(target=self._compile, args=(mode,), name="codellama-compile", daemon=True).start()
+        else:
+            self._compile(mode)
+        return self.decode_report
+
+    def _compile(self, mode: str) -> None:
+        try:
+            compiled, report = build_compiled_decode(self.model, self.max_seq_len, force=mode == "on")
+        except Exception as e:  # no C++ compiler, an unsupported op...: eager still works
+            log.warning("compiling the decode step failed: %s", traceback.format_exc())
+            self.decode_report = DecodeReport("kept-eager", f"compiling failed: {type(e).__name__}: {e}")
+            return
+        with self._lock:  # between two requests
+            self.compiled = compiled
+        self.decode_report = report
+        log.info("%s", report.describe())
 
     @property
     def max_seq_len(self) -> int:

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 
 from engine.options import (
+    COMPILE_MODES,
     DTYPES,
     EXPORT_FORMATS,
     INFILL_FORMATS,
@@ -24,6 +26,16 @@ from engine.options import (
 from lsp.settings import BackendSettings, Settings
 
 DEFAULT_PORT = 2087
+COMPILE_ENV = "CODELLAMA_LSP_COMPILE"
+"""The --compile default, for editors that start the server with a fixed command line."""
+
+
+def compile_default() -> str:
+    value = os.environ.get(COMPILE_ENV, "auto")
+    if value not in COMPILE_MODES:
+        choices = ", ".join(COMPILE_MODES)
+        raise SystemExit(f"codellama-lsp: error: ${COMPILE_ENV} is {value!r}: expected one of {choices}")
+    return value
 
 
 def user_errors() -> tuple[type[Exception], ...]:
@@ -167,10 +179,11 @@ def run_serve(args: argparse.Namespace) -> int:
 
     def configure(session) -> None:
         session.base_settings = base
-        session.dtype, session.threads = args.dtype, args.threads
+        session.dtype, session.threads, session.compile = args.dtype, args.threads, args.compile
 
     if args.tcp:
-        return serve_tcp(configure, args.host, args.port, ModelSpec.from_settings(base, args.dtype, args.threads))
+        spec = ModelSpec.from_settings(base, args.dtype, args.threads, args.compile)
+        return serve_tcp(configure, args.host, args.port, spec)
     return serve_stdio(configure)
 
 
@@ -189,6 +202,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--tcp", action="store_true", help="serve over TCP instead of stdio")
     parser.add_argument("--host", default="127.0.0.1", help="TCP address to listen on (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"TCP port (default {DEFAULT_PORT})")
+    parser.add_argument(
+        "--compile", default=compile_default(), choices=COMPILE_MODES,
+        help="compile the decode step with torch.compile, used where it measures faster (auto: on GPU, and on CPU "
+        f"for models under 1 GiB; compiled in the background while the eager step answers; default: "
+        f"${COMPILE_ENV} or auto)",
+    )  # fmt: skip
     parser.add_argument("--log-file", help="write the server's log here instead of stderr")
     parser.add_argument(
         "--log-level", choices=["debug", "info", "warning", "error"], help="default: info to a file, warning to stderr"

@@ -42,20 +42,24 @@ class ModelSpec:
     """CPU threads for torch; None is default_threads()."""
     backend: BackendConfig | None = None
     """A shared inference server: `model` then only supplies the tokenizer."""
+    compile: str = "auto"
+    """The compiled decode step: auto, on or off (engine.session.InfillEngine.prepare_decode)."""
 
     @property
     def weights_key(self) -> tuple:
         return (self.model, self.device, self.quantize, self.dtype, self.backend)
 
     @classmethod
-    def from_settings(cls, settings: Settings, dtype: str = "auto", threads: int | None = None) -> ModelSpec:
+    def from_settings(
+        cls, settings: Settings, dtype: str = "auto", threads: int | None = None, compile: str = "auto"
+    ) -> ModelSpec:
         p = settings.prompt
         needed = p.prefix_tokens + p.suffix_tokens + p.context_tokens + settings.max_tokens + PROMPT_MARGIN
         # Round up so small budget changes do not reallocate the cache.
         b = settings.backend
         backend = BackendConfig(b.url, b.kind, b.api_key_env, b.model) if b.url else None
         cache = -(-needed // 512) * 512
-        return cls(settings.model, settings.device, settings.quantize, dtype, cache, threads, backend)
+        return cls(settings.model, settings.device, settings.quantize, dtype, cache, threads, backend, compile)
 
 
 @dataclass
@@ -85,6 +89,17 @@ class ServedModel:
 
     def describe(self) -> str:
         return self.loaded.describe()
+
+    @property
+    def decode_step(self) -> str | None:
+        """How decoding runs here (engine.compiled.DecodeReport); None with a backend."""
+        report = getattr(self.engine, "decode_report", None)
+        return report.describe() if report is not None else None
+
+    @property
+    def compiling(self) -> bool:
+        report = getattr(self.engine, "decode_report", None)
+        return report is not None and report.state == "compiling"
 
 
 def cache_length(spec: ModelSpec, args) -> int:
@@ -172,6 +187,8 @@ def load(spec: ModelSpec) -> ServedModel:
         threads=spec.threads or default_threads(),
     )
     warm_up(loaded.engine)
+    # On CPU the eager step answers while this compiles in a thread; CUDA graphs are captured now.
+    loaded.engine.prepare_decode(spec.compile, background=True)
     return ServedModel(loaded, spec, time.perf_counter() - started)
 
 
@@ -195,6 +212,8 @@ def resize(loaded: ServedModel, spec: ModelSpec) -> ServedModel:
     model, tokenizer = loaded.engine.model, loaded.engine.tokenizer
     loaded.loaded.engine = None  # type: ignore[assignment]  # free the old cache before allocating the new one
     cache = cache_length(spec, model.args)
-    loaded.loaded.engine = InfillEngine(model, tokenizer, max_seq_len=cache, cache_slots=CACHE_SLOTS)
+    engine = InfillEngine(model, tokenizer, max_seq_len=cache, cache_slots=CACHE_SLOTS)
+    engine.prepare_decode(spec.compile, background=True)  # a cache of another length: compiled anew
+    loaded.loaded.engine = engine
     loaded.spec = spec
     return loaded

@@ -53,6 +53,8 @@ STATUS_NOTIFICATION = "codellama/didChangeStatus"
 YANK_NOTIFICATION = "codellama/didYank"
 SHOWN_MEMORY = 256
 """Completion ids remembered for codellama.accept."""
+COMPILE_POLL_S = 1.0
+"""How often load progress looks whether the decode step is compiled yet."""
 PARENT_POLL_S = 5.0
 """How often to check that the editor that started the server is still alive."""
 CANDIDATES = 3
@@ -121,6 +123,7 @@ class CodeLlamaServer(LanguageServer):
         """From the command line; the client's settings override them."""
         self.dtype = "auto"
         self.threads: int | None = None
+        self.compile = "auto"
         self.settings = Settings()
         self.documents = DocumentStore()
         self.status = Status()
@@ -218,7 +221,7 @@ class CodeLlamaServer(LanguageServer):
         self.settings = settings
         self.typed_through.clear()
         if settings.enable:
-            self.host.load(ModelSpec.from_settings(settings, self.dtype, self.threads))
+            self.host.load(ModelSpec.from_settings(settings, self.dtype, self.threads, self.compile))
         self.check_prompt_budget()
         state = self.model_state if settings.enable else "disabled"
         if state != self.status.state:
@@ -253,10 +256,23 @@ class CodeLlamaServer(LanguageServer):
         elif event.state == "ready":
             self.window_log_message(types.LogMessageParams(types.MessageType.Info, m.message or ""))
             self.check_prompt_budget()
+            if m.loaded is not None and m.loaded.compiling:
+                self.spawn(self.publish_when_compiled(m.loaded))
         elif event.state == "error":
             self.show(types.MessageType.Error, f"codellama-lsp could not load the model: {event.message}")
         self.status.state = event.state if self.settings.enable else "disabled"
         self.publish_status()
+
+    async def decode_step_settled(self, loaded: Any) -> None:
+        """Return once the decode step compiling in the background is done (or the model replaced)."""
+        while loaded.compiling and self.host.model.loaded is loaded:
+            await asyncio.sleep(COMPILE_POLL_S)
+
+    async def publish_when_compiled(self, loaded: Any) -> None:
+        await self.decode_step_settled(loaded)
+        if self.host.model.loaded is loaded:
+            self.window_log_message(types.LogMessageParams(types.MessageType.Info, loaded.decode_step or ""))
+            self.publish_status()
 
     async def report_load_progress(self, model: str) -> None:
         """`$/progress` while the model loads (when the client shows work-done progress)."""
@@ -273,6 +289,12 @@ class CodeLlamaServer(LanguageServer):
             token, types.WorkDoneProgressBegin(title="Code Llama", message=f"loading {model}")
         )
         await self.host.settled.wait()
+        loaded = self.host.model.loaded
+        if self.model_state == "ready" and loaded is not None and loaded.compiling:
+            self.work_done_progress.report(
+                token, types.WorkDoneProgressReport(message="compiling the decode step (completions meanwhile)")
+            )
+            await self.decode_step_settled(loaded)
         done = "ready" if self.model_state == "ready" else "failed: see the error message"
         self.work_done_progress.end(token, types.WorkDoneProgressEnd(message=f"model {done}"))
 

@@ -123,6 +123,7 @@ class Status:
             "lastError": self.last_error,
             "backend": model.backend,
             "loadSeconds": model.load_seconds,
+            "decodeStep": model.loaded.decode_step if model.loaded is not None else None,
             "generating": generating,
             "latencyMs": {
                 "last": latencies[-1] if latencies else None,

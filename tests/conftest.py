@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -8,6 +9,16 @@ from engine.tokenizer import Tokenizer
 from tests.fixtures import train_tiny_tokenizer, write_tiny_checkpoint
 from tests.lsp.helpers import LONG_SCRIPT, SCRIPT
 from tests.lsp.scripted_model import write_scripted_checkpoint
+
+# Every server a test starts would otherwise compile its decode step in the background (seconds
+# to a minute of both CPUs each): the tests of compiling ask for it (tests/engine/test_compiled.py).
+os.environ["CODELLAMA_LSP_COMPILE"] = "off"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def private_cache(tmp_path_factory):
+    """What the engine measures and compiles is cached for the test session only, not in ~/.cache."""
+    os.environ["XDG_CACHE_HOME"] = str(tmp_path_factory.mktemp("xdg-cache"))
 
 
 @pytest.fixture(scope="session")

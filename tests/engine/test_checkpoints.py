@@ -299,3 +299,37 @@ def test_tied_embeddings_save_quantized(tokenizer_path, tmp_path, mode):
     at_load, _, _ = load_model(save_checkpoint(tmp_path / "fp", model, tokenizer_path), "cpu", "float32", mode)
     assert info.quantization == mode
     assert torch.equal(logits(loaded), logits(at_load))
+
+
+def test_auto_dtype_on_cpu_follows_what_was_measured(monkeypatch):
+    from engine import checkpoints
+    from engine.checkpoints import resolve_dtype
+    from engine.model import MODEL_CONFIGS
+
+    cpu, small, large = torch.device("cpu"), tiny_args(), MODEL_CONFIGS["7B-2layer"]
+    monkeypatch.setattr(checkpoints, "fp32_fits", lambda args: True)
+    for native in (False, True):
+        monkeypatch.setattr(checkpoints, "native_bf16", lambda native=native: native)
+        assert resolve_dtype("auto", cpu, small) == torch.float32  # overhead-bound decode: fp32
+        assert resolve_dtype("auto", torch.device("cuda"), small) == torch.bfloat16
+    assert resolve_dtype("auto", cpu, large) == torch.bfloat16  # native bf16: half the bytes a token
+    monkeypatch.setattr(checkpoints, "native_bf16", lambda: False)
+    monkeypatch.setattr(checkpoints, "fp32_fits", lambda args: True)
+    assert resolve_dtype("auto", cpu, large) == torch.float32
+    monkeypatch.setattr(checkpoints, "fp32_fits", lambda args: False)
+    assert resolve_dtype("auto", cpu, large) == torch.bfloat16
+
+
+def test_explicit_bf16_without_native_bf16_computes_in_fp32_where_that_is_faster(monkeypatch, caplog):
+    from engine import checkpoints
+    from engine.checkpoints import resolve_dtype
+
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(checkpoints, "native_bf16", lambda: False)
+    monkeypatch.setattr(checkpoints, "fp32_fits", lambda args: True)
+    for faster in (False, True):
+        monkeypatch.setattr(checkpoints, "bf16_faster_here", lambda args, faster=faster: faster)
+        assert resolve_dtype("bfloat16", cpu, tiny_args()) == (torch.bfloat16 if faster else torch.float32)
+    assert "computing in fp32" in caplog.text
+    monkeypatch.setattr(checkpoints, "native_bf16", lambda: True)
+    assert resolve_dtype("bfloat16", cpu, tiny_args()) == torch.bfloat16

@@ -1,0 +1,173 @@
+"""The decode step compiled: one graph for the one-token forward against the static KV cache.
+
+On a small model on CPU (the shipped one) and on any model on a GPU, a decoded token costs
+mostly per-op overhead: Python, dispatch, dozens of tiny kernels. torch.compile turns
+`Transformer.decode_static` into one graph (fixed shapes at every position, so typing never
+recompiles it): on CPU with inductor's freezing and its C++ GEMM templates, on CUDA with CUDA
+graphs (`reduce-overhead`, as gpt-fast does). With 7B-sized weights on CPU the step is
+memory-bound and compiling measured no gain (0.91-1.0x) while freezing kept a second copy of
+the weights, so there it is not tried unless asked.
+
+Whatever it is, the compiled step is used only where it was measured faster than eager on
+this machine and gave the same greedy tokens; compiling happens at load, and the server keeps
+answering with the eager step meanwhile (engine.session.InfillEngine.prepare_decode). Compiled
+code is cached across restarts in a private folder (compile_cache_dir): inductor's default,
+/tmp/torchinductor_<user>, is a place another local user could plant code in.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from engine.generate import decode_one_token, prefill
+from engine.model import KVCache, Transformer
+from engine.user_cache import private_cache_dir
+
+CPU_COMPILE_MAX_WEIGHT_BYTES = 1 << 30
+"""auto compiles on CPU only models whose weights are smaller than this (see the module doc)."""
+WARM_UP_FILL = 0.75
+"""The timed decodes start this far into the cache: the compiled step attends over the whole
+cache at every position, eager over the positions so far, and a server's prompts fill most of it."""
+CHECK_TOKENS = 24
+"""Greedy tokens the compiled step must reproduce before it is used."""
+TIMING_ROUNDS = 3
+"""Eager and compiled runs alternate this many times; each keeps its fastest."""
+
+
+@dataclass
+class DecodeReport:
+    """What became of the compiled decode step (the server's status shows it)."""
+
+    state: str = "eager"
+    """eager (not tried), compiling, compiled (in use), or kept-eager (tried, not used)."""
+    detail: str = ""
+    compile_s: float | None = None
+    speedup: float | None = None
+    """Eager ms per token / compiled ms per token, as measured at load."""
+
+    def describe(self) -> str:
+        figures = []
+        if self.speedup is not None:
+            figures.append(f"{self.speedup:.2f}x eager")
+        if self.compile_s is not None:
+            figures.append(f"compiled in {self.compile_s:.0f} s")
+        return (
+            f"decode step {self.state}"
+            + (f" ({', '.join(figures)})" if figures else "")
+            + (f": {self.detail}" if self.detail else "")
+        )
+
+
+def compile_cache_dir() -> Path:
+    """A folder only this user can write, for inductor's caches (set TORCHINDUCTOR_CACHE_DIR to choose)."""
+    return private_cache_dir("torch-compile")
+
+
+def worth_trying(model: Transformer, device: torch.device) -> str:
+    """Why auto should not compile this model here ("" if it should)."""
+    if device.type == "cuda":
+        return ""
+    weight_bytes = sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()])
+    if weight_bytes >= CPU_COMPILE_MAX_WEIGHT_BYTES:
+        return f"{weight_bytes / 2**30:.1f} GiB of weights: decode is memory-bound on CPU, compiling gains nothing"
+    return ""
+
+
+class CompiledDecode:
+    """`Transformer.decode_static` compiled for caches of one shape; call it per token."""
+
+    def __init__(self, model: Transformer, device: torch.device) -> None:
+        self.model, self.device = model, device
+        if device.type == "cuda":
+            self._step = torch.compile(model.decode_static, mode="reduce-overhead", fullgraph=True, dynamic=False)
+        else:
+            from torch._inductor import select_algorithm
+
+            select_algorithm.PRINT_AUTOTUNE = False  # its tables would fill stderr: the editor's log
+            # freezing folds the weights into the graph (prepacked for the GEMM kernels);
+            # max_autotune lets inductor pick its own C++ GEMM templates (AMX/AVX-512) per shape.
+            options = {"freezing": True, "max_autotune": True}
+            self._step = torch.compile(model.decode_static, options=options, fullgraph=True, dynamic=False)
+        self._views: dict[tuple[int, int], tuple[list[torch.Tensor], list[torch.Tensor]]] = {}
+
+    def slot_views(self, cache: KVCache, slot: int) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """One slot's keys and values per layer, as (1, KVH, L, hd) views (made once per cache and slot)."""
+        key = (id(cache), slot)
+        if key not in self._views:
+            keys = [k[slot : slot + 1] for k in cache.keys]
+            values = [v[slot : slot + 1] for v in cache.values]
+            if self.device.type == "cuda":
+                # CUDA graphs would copy an input whose address may change into a static
+                # buffer on every call: the cache's addresses never change.
+                for t in keys + values:
+                    torch._dynamo.mark_static_address(t)
+            self._views[key] = (keys, values)
+        return self._views[key]
+
+    @torch.inference_mode()
+    def __call__(self, token: int, pos: int, cache: KVCache, slot: int) -> torch.Tensor:
+        """Logits (vocab,) for the token after `token`, which sits at position pos."""
+        keys, values = self.slot_views(cache, slot)
+        tokens = torch.tensor([[token]], dtype=torch.long, device=self.device)
+        positions = torch.tensor([pos], dtype=torch.long, device=self.device)
+        logits = self._step(tokens, positions, keys, values)
+        # A CUDA graph's output is overwritten by its next replay.
+        return logits.clone() if self.device.type == "cuda" else logits
+
+
+def greedy_run(decode, model: Transformer, cache: KVCache, prompt: list[int], steps: int) -> tuple[list[int], float]:
+    """(greedy tokens, seconds per token) decoding `steps` tokens after prompt, already in slot 0."""
+    logits, _ = prefill(model, prompt, 0, cache, 0)
+    assert logits is not None
+    tokens, pos = [], len(prompt)
+    started = time.perf_counter()
+    for _ in range(steps):
+        token = int(torch.argmax(logits))
+        tokens.append(token)
+        logits = decode(token, pos)
+        pos += 1
+    return tokens, (time.perf_counter() - started) / steps
+
+
+def build_compiled_decode(
+    model: Transformer, cache_len: int, force: bool = False
+) -> tuple[CompiledDecode | None, DecodeReport]:
+    """Compile the decode step for caches of cache_len positions, check it gives eager's greedy
+    tokens and time both side by side on a scratch cache (the engine's own is left alone).
+
+    Returns the step if it is to be used (faster, or force) and what was measured."""
+    weight = model.model.embed_tokens.weight
+    device, dtype = weight.device, weight.dtype
+    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(compile_cache_dir()))
+    if model.rope_cos.shape[0] < cache_len:
+        model.reset_rope(cache_len)
+    scratch = KVCache(model.args, cache_len, 1, device, dtype)
+    steps = min(CHECK_TOKENS, cache_len // 4)
+    prompt = [(7 * i + 3) % model.args.vocab_size for i in range(min(int(cache_len * WARM_UP_FILL), cache_len - steps))]
+    compiled = CompiledDecode(model, device)
+    eager = lambda token, pos: decode_one_token(model, token, pos, scratch, 0)  # noqa: E731
+    fast = lambda token, pos: compiled(token, pos, scratch, 0)  # noqa: E731
+    started = time.perf_counter()
+    with torch.inference_mode():
+        greedy_run(fast, model, scratch, prompt, 2)  # compiles (or loads from the cache)
+    report = DecodeReport(compile_s=time.perf_counter() - started)
+    eager_s, compiled_s = [], []
+    for _ in range(TIMING_ROUNDS):
+        expected, seconds = greedy_run(eager, model, scratch, prompt, steps)
+        eager_s.append(seconds)
+        got, seconds = greedy_run(fast, model, scratch, prompt, steps)
+        compiled_s.append(seconds)
+        if got != expected:
+            report.state, report.detail = "kept-eager", "its greedy tokens differed from eager's"
+            return None, report
+    report.speedup = min(eager_s) / min(compiled_s)
+    if report.speedup > 1 or force:
+        report.state = "compiled"
+        return compiled, report
+    report.state, report.detail = "kept-eager", "not faster than eager here"
+    return None, report

@@ -1,0 +1,170 @@
+"""The compiled decode step: the same math as the eager forward, greedy output identical once
+compiled, used only where it was measured faster, and serving goes on while it compiles."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+import engine.compiled as compiled_module
+import engine.session as session_module
+from engine.checkpoints import load_model
+from engine.compiled import compile_cache_dir
+from engine.generate import decode_one_token, prefill
+from engine.prompts import InfillPrompt
+from engine.sampling import SamplingParams
+from engine.session import InfillEngine
+
+CACHE = 256
+SOURCE = (Path(__file__).parents[2] / "engine" / "postprocess.py").read_text(encoding="utf-8")
+
+
+def engine_for(path, quantize: str = "none", slots: int = 2) -> InfillEngine:
+    model, tok, _ = load_model(path, "cpu", "float32", quantize)
+    return InfillEngine(model, tok, max_seq_len=CACHE, cache_slots=slots)
+
+
+def prompts(engine: InfillEngine, count: int) -> list[InfillPrompt]:
+    tok = engine.tokenizer
+    out = []
+    for start in range(0, 400 * count, 400):
+        ids = tok.encode(SOURCE[start : start + 300])[:150]
+        out.append(InfillPrompt([tok.bos_id, tok.prefix_id, tok.suffix_id, tok.middle_id, *ids]))
+    return out
+
+
+def greedy(engine: InfillEngine, prompt: InfillPrompt, lookup: bool = False):
+    return engine.generate(prompt, SamplingParams(max_new_tokens=40, prompt_lookup=lookup))
+
+
+def test_the_static_step_computes_what_the_forward_pass_does(tiny_checkpoint):
+    # Uncompiled: the step's own math (attention over the whole cache under a mask, grouped
+    # query heads, the cache written at pos) against the eager decode, in both cache slots.
+    engine = engine_for(tiny_checkpoint)
+    model, cache = engine.model, engine.cache
+    assert model.args.n_kv_heads < model.args.n_heads  # grouped-query attention is covered
+    for slot in (0, 1):
+        prompt = list(range(10 + slot, 60 + slot))
+        logits, _ = prefill(model, prompt, 0, cache, slot)
+        token, pos = int(logits.argmax()), len(prompt)
+        keys = [k[slot : slot + 1] for k in cache.keys]
+        values = [v[slot : slot + 1] for v in cache.values]
+        for _ in range(8):
+            expected = decode_one_token(model, token, pos, cache, slot)
+            saved = cache.keys[0][slot, :, pos].clone()
+            with torch.inference_mode():
+                got = model.decode_static(torch.tensor([[token]]), torch.tensor([pos]), keys, values)
+            torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+            torch.testing.assert_close(cache.keys[0][slot, :, pos], saved)  # wrote the same key
+            token, pos = int(expected.argmax()), pos + 1
+
+
+@pytest.fixture(scope="module", params=["none", "int8"])
+def compiled_engine(request, tiny_checkpoint):
+    engine = engine_for(tiny_checkpoint, request.param)
+    report = engine.prepare_decode("on")
+    return engine, report
+
+
+def test_compiled_greedy_output_is_eagers(compiled_engine):
+    engine, report = compiled_engine
+    assert report.state == "compiled", report.describe()
+    assert report.speedup is not None and report.speedup > 0 and report.compile_s is not None
+    decoder = engine.compiled
+    assert decoder is not None
+    for lookup in (False, True):
+        for prompt in prompts(engine, 6):
+            engine.compiled, engine.slot_tokens = decoder, [[], []]
+            fast = greedy(engine, prompt, lookup)
+            engine.compiled, engine.slot_tokens = None, [[], []]
+            plain = greedy(engine, prompt, lookup)
+            assert fast.text == plain.text and fast.stats.generated_tokens == plain.stats.generated_tokens
+            assert fast.stats.stop_reason == plain.stats.stop_reason
+    engine.compiled = decoder
+
+
+def test_the_compiled_step_serves_both_slots_and_reuses_the_cache(compiled_engine):
+    engine, _ = compiled_engine
+    first, second = prompts(engine, 2)
+    engine.reset_cache()
+    a1 = engine.generate(first, SamplingParams(max_new_tokens=20), session="a")
+    b1 = engine.generate(second, SamplingParams(max_new_tokens=20), session="b")
+    a2 = engine.generate(first, SamplingParams(max_new_tokens=20), session="a")
+    assert a2.text == a1.text and a2.stats.reused_tokens == len(first.tokens) - 1
+    assert {a1.stats.slot, b1.stats.slot} == {0, 1}
+
+
+def test_the_compiled_step_ends_at_eot(scripted_checkpoint):
+    from tests.lsp.helpers import SCRIPT
+
+    engine = engine_for(scripted_checkpoint)
+    engine.prepare_decode("on")
+    tok = engine.tokenizer
+    prompt = InfillPrompt([tok.bos_id, tok.prefix_id, tok.suffix_id, tok.middle_id, *tok.encode("x = 1\n")])
+    result = greedy(engine, prompt)
+    assert engine.compiled is not None and result.text == SCRIPT and result.stats.stop_reason == "eot"
+
+
+def test_modes_and_where_auto_does_not_compile(tiny_checkpoint, monkeypatch):
+    engine = engine_for(tiny_checkpoint)
+    assert engine.prepare_decode("off").describe() == "decode step eager: off" and engine.compiled is None
+    monkeypatch.setattr(compiled_module, "CPU_COMPILE_MAX_WEIGHT_BYTES", 1000)
+    report = engine.prepare_decode("auto")
+    assert report.state == "eager" and "memory-bound" in report.detail and engine.compiled is None
+    with pytest.raises(ValueError, match="unknown compile mode 'fast'"):
+        engine.prepare_decode("fast")
+
+
+def test_the_engine_answers_while_compiling_and_survives_a_failed_compile(tiny_checkpoint, monkeypatch):
+    engine = engine_for(tiny_checkpoint)
+    release = threading.Event()
+
+    def failing_build(*args, **kwargs):
+        release.wait(30)
+        raise RuntimeError("no C++ compiler found")
+
+    monkeypatch.setattr(session_module, "build_compiled_decode", failing_build)
+    assert engine.prepare_decode("on", background=True).state == "compiling"
+    [prompt] = prompts(engine, 1)
+    answer = greedy(engine, prompt)  # the eager step answers meanwhile
+    assert answer.stats.generated_tokens > 0 and engine.decode_report.state == "compiling"
+    release.set()
+    deadline = time.monotonic() + 30
+    while engine.decode_report.state == "compiling" and time.monotonic() < deadline:
+        time.sleep(0.05)
+    report = engine.decode_report
+    assert report.state == "kept-eager" and "RuntimeError: no C++ compiler found" in report.detail
+    engine.reset_cache()
+    assert greedy(engine, prompt).text == answer.text and engine.compiled is None
+
+
+def test_a_step_that_is_not_faster_is_not_used(tiny_checkpoint, monkeypatch):
+    engine = engine_for(tiny_checkpoint)
+    step = compiled_module.CompiledDecode.__call__
+
+    def slower(self, *args):  # 20 ms a token more than compiled: slower than eager, surely
+        time.sleep(0.02)
+        return step(self, *args)
+
+    monkeypatch.setattr(compiled_module.CompiledDecode, "__call__", slower)
+    report = engine.prepare_decode("auto")
+    assert report.state == "kept-eager" and report.speedup < 1 and engine.compiled is None
+    assert "not faster" in report.describe()
+
+
+def test_compiled_code_is_cached_in_a_folder_only_this_user_writes(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    folder = compile_cache_dir()
+    assert folder == tmp_path / "codellama-lsp" / "torch-compile" and folder.stat().st_mode & 0o777 == 0o700
+    folder.chmod(0o777)  # another user could plant compiled code here: refused
+    with pytest.raises(PermissionError, match="torch-compile: not a folder of this user's that only it can write"):
+        compile_cache_dir()
+    folder.rmdir()
+    (tmp_path / "elsewhere").mkdir(mode=0o700)
+    folder.symlink_to(tmp_path / "elsewhere")
+    with pytest.raises(PermissionError, match="not a folder of this user's"):
+        compile_cache_dir()
