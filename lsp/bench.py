@@ -35,6 +35,7 @@ from lsprotocol import types
 from pygls.lsp.client import LanguageClient
 
 from engine.machine import describe_machine
+from engine.options import COMPILE_MODES
 from engine.postprocess import repetition_start
 from lsp.status import percentile
 
@@ -303,6 +304,10 @@ async def start_server(server_args: list[str], options: dict | None) -> Language
     if current["state"] != "ready":
         print(f"the model did not load: {current['message']}", file=sys.stderr)
         return None
+    # Measure the server as it settles: with its decode step compiled, where it compiles one.
+    while (current := await status(client))["decodeStep"] == "decode step compiling":
+        await asyncio.sleep(0.5)
+    print(f"server ready: {current['decodeStep']}", file=sys.stderr)
     return client
 
 
@@ -313,7 +318,7 @@ async def stop_server(client: LanguageClient) -> None:
 
 
 async def run(args: argparse.Namespace) -> int:
-    command = ["--model", args.model, "--device", args.device, "--quantize", args.quantize]
+    command = ["--model", args.model, "--device", args.device, "--quantize", args.quantize, "--compile", args.compile]
     if args.threads:
         command += ["--threads", str(args.threads)]
     options = {"maxTokens": args.max_tokens} if args.max_tokens else None
@@ -326,7 +331,7 @@ async def run(args: argparse.Namespace) -> int:
     wall = time.perf_counter() - started
     settings = (
         f"maxTokens {args.max_tokens or 'default'}, threads {args.threads or 'default'}, "
-        f"a keystroke every {args.key_ms:.0f} ms"
+        f"--compile {args.compile}, a keystroke every {args.key_ms:.0f} ms"
     )
     print(report(args.model, settings, await status(client), session.requests, wall))
     print()
@@ -352,6 +357,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cpu", choices=["auto", "cpu", "cuda"])
     parser.add_argument("--quantize", default="none")
     parser.add_argument("--threads", type=int, help="the server's torch CPU threads (default: the server's)")
+    parser.add_argument("--compile", default="auto", choices=COMPILE_MODES, help="the server's --compile (auto)")
     parser.add_argument(
         "--max-tokens",
         type=int,

@@ -56,7 +56,8 @@ def run_check(args: argparse.Namespace, out=sys.stdout) -> int:
     settings = Settings(
         model=args.model, device=args.device, quantize=args.quantize, max_tokens=args.max_tokens, backend=backend
     )
-    spec = ModelSpec.from_settings(settings, args.dtype, args.threads)
+    # Compiled at the end, in the foreground, to report on it (the test completions run eager).
+    spec = ModelSpec.from_settings(settings, args.dtype, args.threads, compile="off")
     if spec.backend is not None:
         return check_backend(spec, args.max_tokens, say)
     try:
@@ -87,7 +88,12 @@ def run_check(args: argparse.Namespace, out=sys.stdout) -> int:
 
         say("GPU memory", f"{mib(torch.cuda.memory_allocated())} allocated")
 
-    return 0 if two_completions(engine, args.max_tokens, say, "the KV cache") else 1
+    completed = two_completions(engine, args.max_tokens, say, "the KV cache")
+    from lsp.cli import compile_default
+
+    mode = compile_default()
+    say("decode step", engine.prepare_decode(mode).describe() + f" (as the server's --compile {mode})")
+    return 0 if completed else 1
 
 
 def check_backend(spec: ModelSpec, max_tokens: int, say) -> int:

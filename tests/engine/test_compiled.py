@@ -71,7 +71,18 @@ def compiled_engine(request, tiny_checkpoint):
 
 
 def test_compiled_greedy_output_is_eagers(compiled_engine):
-    engine, report = compiled_engine
+    assert_compiled_matches_eager(*compiled_engine)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("quantize", ["none", "int8"])
+def test_compiled_cuda_graphs_give_eagers_greedy_output(tiny_checkpoint, quantize):
+    model, tok, _ = load_model(tiny_checkpoint, "cuda", "float32", quantize)
+    engine = InfillEngine(model, tok, max_seq_len=CACHE, cache_slots=2)
+    assert_compiled_matches_eager(engine, engine.prepare_decode("on"))
+
+
+def assert_compiled_matches_eager(engine: InfillEngine, report) -> None:
     assert report.state == "compiled", report.describe()
     assert report.speedup is not None and report.speedup > 0 and report.compile_s is not None
     decoder = engine.compiled

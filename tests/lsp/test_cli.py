@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import subprocess
 import sys
 
@@ -36,6 +37,15 @@ def test_check_prints_what_a_user_needs(tiny_checkpoint):
         assert label in out, out
     assert str(tiny_checkpoint) in out and "RSS" in out and "KV cache" in out
     assert "from the KV cache" in out.split("next keystroke:")[1]
+    assert "decode step eager: off (as the server's --compile off)" in out  # conftest's default
+
+
+def test_a_bad_compile_default_is_named():
+    result = subprocess.run(
+        [sys.executable, "-m", "lsp", "--help"], capture_output=True, text=True, timeout=120,
+        env={**os.environ, "CODELLAMA_LSP_COMPILE": "fast"},
+    )  # fmt: skip
+    assert result.returncode != 0 and "$CODELLAMA_LSP_COMPILE is 'fast': expected one of auto, on, off" in result.stderr
 
 
 def test_check_names_a_missing_model(tmp_path):
