@@ -11,22 +11,24 @@ the weights, so there it is not tried unless asked.
 Whatever it is, the compiled step is used only where it was measured faster than eager on
 this machine and gave the same greedy tokens; compiling happens at load, and the server keeps
 answering with the eager step meanwhile (engine.session.InfillEngine.prepare_decode). Compiled
-code is cached across restarts in a private folder (compile_cache_dir): inductor's default,
+code is cached across restarts in a private folder (use_private_compile_cache): inductor's default,
 /tmp/torchinductor_<user>, is a place another local user could plant code in.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 
 from engine.generate import decode_one_token, prefill
 from engine.model import KVCache, Transformer
-from engine.user_cache import private_cache_dir
+from engine.user_cache import private_cache_or_temporary
+
+log = logging.getLogger(__name__)
 
 CPU_COMPILE_MAX_WEIGHT_BYTES = 1 << 30
 """auto compiles on CPU only models whose weights are smaller than this (see the module doc)."""
@@ -63,9 +65,16 @@ class DecodeReport:
         )
 
 
-def compile_cache_dir() -> Path:
-    """A folder only this user can write, for inductor's caches (set TORCHINDUCTOR_CACHE_DIR to choose)."""
-    return private_cache_dir("torch-compile")
+def use_private_compile_cache() -> None:
+    """Point inductor's caches at a folder only this user can write, unless TORCHINDUCTOR_CACHE_DIR
+    says where. Call it before compiling, on the thread that starts the compile (it sets the
+    environment, which another thread must not be reading meanwhile)."""
+    if "TORCHINDUCTOR_CACHE_DIR" in os.environ:
+        return
+    folder, why = private_cache_or_temporary("torch-compile")
+    if why:
+        log.warning("compiled code is not kept across restarts: %s", why)
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(folder)
 
 
 def worth_trying(model: Transformer, device: torch.device) -> str:
@@ -109,6 +118,10 @@ class CompiledDecode:
             self._views[key] = (keys, values)
         return self._views[key]
 
+    def forget(self, cache: KVCache) -> None:
+        """Drop the views of a cache no longer used (so that its memory can be freed)."""
+        self._views = {key: views for key, views in self._views.items() if key[0] != id(cache)}
+
     @torch.inference_mode()
     def __call__(self, token: int, pos: int, cache: KVCache, slot: int) -> torch.Tensor:
         """Logits (vocab,) for the token after `token`, which sits at position pos."""
@@ -143,7 +156,7 @@ def build_compiled_decode(
     Returns the step if it is to be used (faster, or force) and what was measured."""
     weight = model.model.embed_tokens.weight
     device, dtype = weight.device, weight.dtype
-    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(compile_cache_dir()))
+    use_private_compile_cache()
     if model.rope_cos.shape[0] < cache_len:
         model.reset_rope(cache_len)
     scratch = KVCache(model.args, cache_len, 1, device, dtype)
@@ -164,7 +177,9 @@ def build_compiled_decode(
         compiled_s.append(seconds)
         if got != expected:
             report.state, report.detail = "kept-eager", "its greedy tokens differed from eager's"
+            compiled.forget(scratch)
             return None, report
+    compiled.forget(scratch)  # the engine's own cache is what it runs against from now on
     report.speedup = min(eager_s) / min(compiled_s)
     if report.speedup > 1 or force:
         report.state = "compiled"

@@ -34,6 +34,8 @@ INFILL_FORMATS: tuple[str, ...] = typing.get_args(InfillFormat)
 MULTILINE_MODES: tuple[str, ...] = typing.get_args(Multiline)
 BACKEND_KINDS: tuple[str, ...] = typing.get_args(BackendKind)
 COMPILE_MODES: tuple[str, ...] = typing.get_args(CompileMode)
+COMPILE_THREAD = "codellama-compile"
+"""The thread that compiles the decode step in the background (the server's exit looks for it)."""
 
 
 def bounded(default: Any, low: float, high: float) -> Any:

@@ -65,7 +65,7 @@ def machine_key() -> str:
 
 
 def choices_path() -> Path:
-    return private_cache_dir("measured") / CHOICES_FILE
+    return private_cache_dir("measured") / CHOICES_FILE  # raises where that folder is refused
 
 
 def load_choices() -> None:
@@ -79,7 +79,7 @@ def load_choices() -> None:
         saved = json.loads(choices_path().read_text(encoding="utf-8")).get(key, {})
     except FileNotFoundError:
         return
-    except (OSError, ValueError, AttributeError) as e:
+    except (OSError, ValueError, AttributeError) as e:  # PermissionError: a refused cache folder
         log.warning("ignoring saved prefill kernel choices: %s", e)
         return
     if isinstance(saved, dict):
@@ -97,9 +97,12 @@ def save_choices() -> None:
             everything = {}
         everything[machine_key()] = dict(sorted(_choices.items()))
         handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=".prefill-kernels-")
-        with os.fdopen(handle, "w", encoding="utf-8") as f:
-            json.dump(everything, f, indent=1)
-        os.replace(temporary, path)
+        try:
+            with os.fdopen(handle, "w", encoding="utf-8") as f:
+                json.dump(everything, f, indent=1)
+            os.replace(temporary, path)
+        finally:
+            Path(temporary).unlink(missing_ok=True)
     except OSError as e:
         log.warning("could not save prefill kernel choices: %s", e)
 
@@ -132,7 +135,8 @@ def tune(model: torch.nn.Module, progress: Callable[[str], None] = lambda messag
     load_choices()
     layers: dict[str, QuantizedCpuLayer] = {}
     for name, module in model.named_modules():
-        if hasattr(module, "bf16_gemm") and name != "lm_head":  # the output layer prefills one row
+        # (not the output layer: a prefill computes its last row only)
+        if hasattr(module, "bf16_gemm") and getattr(module, "gemm_ok", False) and name != "lm_head":
             layers.setdefault(f"{module.kind} {module.out_features}x{module.in_features}", module)
     todo = [
         (layer, rows) for layer in layers.values() for rows in ROW_BUCKETS if choice_key(layer, rows) not in _choices

@@ -18,11 +18,17 @@ import traceback
 from collections.abc import Callable, Hashable, Iterator
 
 from engine.backend import Backend, Cancel, Completion, PromptTooLong
-from engine.compiled import CompiledDecode, DecodeReport, build_compiled_decode, worth_trying
+from engine.compiled import (
+    CompiledDecode,
+    DecodeReport,
+    build_compiled_decode,
+    use_private_compile_cache,
+    worth_trying,
+)
 from engine.generate import GenerationStats, SamplingParams, TokenStream
 from engine.middle_text import MiddleText
 from engine.model import KVCache, Transformer
-from engine.options import COMPILE_MODES
+from engine.options import COMPILE_MODES, COMPILE_THREAD
 from engine.prompts import InfillPrompt
 from engine.tokenizer import Tokenizer
 
@@ -202,8 +208,9 @@ class InfillEngine(Backend):
             self.decode_report = DecodeReport("eager", reason)
             return self.decode_report
         self.decode_report = DecodeReport("compiling")
+        use_private_compile_cache()  # here, not in the thread: it sets the environment
         if background and self.device.type == "cpu":
-            threading.Thread(target=self._compile, args=(mode,), name="codellama-compile", daemon=True).start()
+            threading.Thread(target=self._compile, args=(mode,), name=COMPILE_THREAD, daemon=True).start()
         else:
             self._compile(mode)
         return self.decode_report

@@ -39,6 +39,9 @@ from engine.options import COMPILE_MODES
 from engine.postprocess import repetition_start
 from lsp.status import percentile
 
+COMPILE_WAIT_S = 600.0
+"""How long the benchmark waits for the server's decode step to compile."""
+
 FUNCTIONS = [
     '''def parse_version(text):
     """Split "1.2.3" into a tuple of integers."""
@@ -305,7 +308,11 @@ async def start_server(server_args: list[str], options: dict | None) -> Language
         print(f"the model did not load: {current['message']}", file=sys.stderr)
         return None
     # Measure the server as it settles: with its decode step compiled, where it compiles one.
+    deadline = time.monotonic() + COMPILE_WAIT_S
     while (current := await status(client))["decodeStep"] == "decode step compiling":
+        if time.monotonic() > deadline:
+            print(f"still compiling after {COMPILE_WAIT_S:.0f} s: measuring it as it is", file=sys.stderr)
+            break
         await asyncio.sleep(0.5)
     print(f"server ready: {current['decodeStep']}", file=sys.stderr)
     return client

@@ -31,7 +31,7 @@ COMPILE_ENV = "CODELLAMA_LSP_COMPILE"
 
 
 def compile_default() -> str:
-    value = os.environ.get(COMPILE_ENV, "auto")
+    value = os.environ.get(COMPILE_ENV) or "auto"
     if value not in COMPILE_MODES:
         choices = ", ".join(COMPILE_MODES)
         raise SystemExit(f"codellama-lsp: error: ${COMPILE_ENV} is {value!r}: expected one of {choices}")

@@ -20,6 +20,7 @@ import threading
 from collections.abc import Callable
 from typing import Any, BinaryIO
 
+from engine.options import COMPILE_THREAD
 from lsp.host import ModelHost
 from lsp.server import CodeLlamaServer, new_session
 from lsp.transport import READ_CHUNK, MessageReader
@@ -171,12 +172,24 @@ def serve_stdio(configure: Configure, stdin: BinaryIO | None = None, stdout: Bin
 
 
 def finish(host: ModelHost, code: int) -> int:
-    """Stop the inference thread before the interpreter exits; if it will not stop, exit hard."""
+    """Stop the inference thread before the interpreter exits; if it will not stop, or the decode
+    step is still compiling, exit hard."""
     if not host.stop():
         log.error("the inference thread did not stop in time: exiting without waiting for it")
-        logging.shutdown()
-        os._exit(code)
+        exit_now(code)
+    if any(t.name == COMPILE_THREAD and t.is_alive() for t in threading.enumerate()):
+        # A compile cannot be interrupted, and finalizing the interpreter under it aborts the
+        # process (C++ terminate, SIGABRT). Nothing is lost: it was compiling for this process.
+        log.info("exiting while the decode step compiles")
+        exit_now(code)
     return code
+
+
+def exit_now(code: int) -> None:
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 # ---- TCP ----

@@ -124,6 +124,8 @@ class CodeLlamaServer(LanguageServer):
         self.dtype = "auto"
         self.threads: int | None = None
         self.compile = "auto"
+        self.watch_editor: int | None = None
+        """The editor's process id, where this server can see that process (initialize)."""
         self.settings = Settings()
         self.documents = DocumentStore()
         self.status = Status()
@@ -504,6 +506,12 @@ def initialize(ls: CodeLlamaServer, params: types.InitializeParams) -> None:
         options = options["codellama"]
     settings, problems = with_overrides(ls.base_settings, options)
     ls.settings, ls.pending_problems = settings, problems
+    # Whether the editor's process is one this server can see (not on another machine or in
+    # another PID namespace): looked at here, while the editor waits for the answer. By the
+    # time `initialized` is handled (asynchronously, possibly after later messages) it may have
+    # died already, and that must end the session rather than pass for "not visible".
+    pid = params.process_id
+    ls.watch_editor = pid if pid and os.name == "posix" and process_alive(pid) else None
     text_capabilities = params.capabilities.text_document
     has_inline = text_capabilities is not None and text_capabilities.inline_completion is not None
     if has_inline and not settings.classic_completion:
@@ -518,10 +526,9 @@ async def initialized(ls: CodeLlamaServer, params: types.InitializedParams) -> N
         ls.show(types.MessageType.Warning, "codellama-lsp settings: " + "; ".join(ls.pending_problems))
     ls.start_worker()
     ls.apply_settings(ls.settings)
-    # POSIX only (os.kill(pid, 0) terminates the process on Windows); and only an editor this
-    # server can see (not one on another machine or in another PID namespace).
-    if ls.process_id and os.name == "posix" and process_alive(ls.process_id):
-        ls.spawn(exit_when_parent_dies(ls, ls.process_id))
+    # POSIX only (os.kill(pid, 0) terminates the process on Windows); see initialize.
+    if ls.watch_editor is not None:
+        ls.spawn(exit_when_parent_dies(ls, ls.watch_editor))
 
 
 def process_alive(pid: int) -> bool:

@@ -216,6 +216,8 @@ class InferenceWorker:
         if loaded is not None and loaded.spec.weights_key == spec.weights_key:
             try:
                 self.loaded = resize(loaded, spec)
+                # Ready again with a cache of the new length (and its decode step compiling anew).
+                self._report(ModelEvent("ready", spec, loaded=self.loaded))
                 return
             except Exception as e:  # e.g. out of memory for the new cache: report, keep serving nothing
                 self.loaded = None

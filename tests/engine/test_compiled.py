@@ -3,6 +3,7 @@ compiled, used only where it was measured faster, and serving goes on while it c
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from pathlib import Path
@@ -13,11 +14,12 @@ import torch
 import engine.compiled as compiled_module
 import engine.session as session_module
 from engine.checkpoints import load_model
-from engine.compiled import compile_cache_dir
+from engine.compiled import use_private_compile_cache
 from engine.generate import decode_one_token, prefill
 from engine.prompts import InfillPrompt
 from engine.sampling import SamplingParams
 from engine.session import InfillEngine
+from engine.user_cache import private_cache_dir
 
 CACHE = 256
 SOURCE = (Path(__file__).parents[2] / "engine" / "postprocess.py").read_text(encoding="utf-8")
@@ -55,11 +57,14 @@ def test_the_static_step_computes_what_the_forward_pass_does(tiny_checkpoint):
         values = [v[slot : slot + 1] for v in cache.values]
         for _ in range(8):
             expected = decode_one_token(model, token, pos, cache, slot)
-            saved = cache.keys[0][slot, :, pos].clone()
+            written = [t[slot, :, pos].clone() for t in cache.keys + cache.values]
+            for t in cache.keys + cache.values:  # the step must write position pos itself
+                t[slot, :, pos] = 0
             with torch.inference_mode():
                 got = model.decode_static(torch.tensor([[token]]), torch.tensor([pos]), keys, values)
             torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
-            torch.testing.assert_close(cache.keys[0][slot, :, pos], saved)  # wrote the same key
+            for t, before in zip(cache.keys + cache.values, written, strict=True):
+                torch.testing.assert_close(t[slot, :, pos], before)
             token, pos = int(expected.argmax()), pos + 1
 
 
@@ -167,15 +172,27 @@ def test_a_step_that_is_not_faster_is_not_used(tiny_checkpoint, monkeypatch):
     assert "not faster" in report.describe()
 
 
-def test_compiled_code_is_cached_in_a_folder_only_this_user_writes(tmp_path, monkeypatch):
+def test_compiled_code_is_cached_in_a_folder_only_this_user_writes(tmp_path, monkeypatch, caplog):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
-    folder = compile_cache_dir()
-    assert folder == tmp_path / "codellama-lsp" / "torch-compile" and folder.stat().st_mode & 0o777 == 0o700
-    folder.chmod(0o777)  # another user could plant compiled code here: refused
-    with pytest.raises(PermissionError, match="torch-compile: not a folder of this user's that only it can write"):
-        compile_cache_dir()
+    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
+    use_private_compile_cache()
+    folder = tmp_path / "codellama-lsp" / "torch-compile"
+    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(folder) and folder.stat().st_mode & 0o777 == 0o700
+    folder.chmod(0o775)  # made under umask 002, say: ours, so narrowed again
+    (tmp_path / "codellama-lsp").chmod(0o777)
+    assert private_cache_dir("torch-compile") == folder
+    assert folder.stat().st_mode & 0o777 == (tmp_path / "codellama-lsp").stat().st_mode & 0o777 == 0o700
     folder.rmdir()
     (tmp_path / "elsewhere").mkdir(mode=0o700)
-    folder.symlink_to(tmp_path / "elsewhere")
-    with pytest.raises(PermissionError, match="not a folder of this user's"):
-        compile_cache_dir()
+    folder.symlink_to(tmp_path / "elsewhere")  # a symlink could lead anywhere another user chose
+    with pytest.raises(PermissionError, match="torch-compile: not a folder of this user's"):
+        private_cache_dir("torch-compile")
+    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR")
+    use_private_compile_cache()  # compiling still works, from a fresh private folder, uncached
+    temporary = Path(os.environ["TORCHINDUCTOR_CACHE_DIR"])
+    assert temporary != folder and temporary.stat().st_mode & 0o777 == 0o700 and not temporary.is_symlink()
+    assert "not kept across restarts" in caplog.text
+    temporary.rmdir()
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "chosen"))
+    use_private_compile_cache()  # the user's own choice stands
+    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(tmp_path / "chosen")

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from engine.checkpoints import load_model, save_checkpoint
-from engine.quantize import QuantizationError, check_quantization, quantize_int4, quantize_int8
+from engine.quantize import INT4_GROUPSIZE, QuantizationError, check_quantization, quantize_int4, quantize_int8
 from tests.fixtures import random_model, tiny_args
 
 # Every width a multiple of 128 (vocab too), so int4 (groups of 128) quantizes every layer.
@@ -233,6 +233,20 @@ def measured_here(tmp_path, monkeypatch):
     prefill_choice.forget()
 
 
+def dequantized(mode: str, out_features: int = 96, in_features: int = 256) -> torch.Tensor:
+    """quantized_layer's weight as its portable tensors say, in fp32: the reference for both paths."""
+    weight = torch.randn(out_features, in_features, generator=torch.Generator().manual_seed(5)) * 0.08
+    if mode == "int8":
+        parts = quantize_int8(weight)
+        return parts["weight"].float() * parts["scales"].bfloat16().float()[:, None]
+    parts = quantize_int4(weight)
+    packed = parts["weight"]
+    q = torch.stack([packed >> 4, packed & 0xF], dim=-1).reshape(out_features, -1).float()
+    scales, zeros = parts["scales_and_zeros"].bfloat16().float().unbind(-1)  # (groups, out) each
+    groups = (q.view(out_features, -1, INT4_GROUPSIZE) - 8) * scales.t()[..., None] + zeros.t()[..., None]
+    return groups.view(out_features, in_features)
+
+
 def quantized_layer(mode: str, out_features: int = 96, in_features: int = 256):
     from engine.quantize import Int4Linear, Int8Linear
 
@@ -253,7 +267,7 @@ def test_prefill_runs_either_path_chosen_by_measurement(measured_here, monkeypat
 
     layer = quantized_layer(mode)
     x = torch.randn(PREFILL_ROWS + 5, 256, generator=torch.Generator().manual_seed(6))
-    expected = layer.kernel(x.bfloat16()).float()
+    expected = x.bfloat16().float() @ dequantized(mode).T
     measured_here._choices[choice_key(layer, len(x))] = gemm
     measured_here._loaded_for = measured_here.machine_key()
     used = []

@@ -8,7 +8,8 @@ import time
 import pytest
 from lsprotocol import types
 
-from tests.lsp.helpers import inline, open_document, start_client, status, wait_for_state
+from tests.lsp.helpers import inline, open_document, server_command, start_client, status, wait_for_state
+from tests.lsp.raw_client import RawConnection
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -43,3 +44,23 @@ async def test_the_server_answers_while_compiling_and_the_same_once_compiled(tin
     finally:
         await client.shutdown_session()
         await client.stop()
+
+
+async def test_the_server_exits_cleanly_in_the_middle_of_a_compile(tmp_path, monkeypatch):
+    # Finalizing the interpreter under a running torch.compile aborted the process (SIGABRT):
+    # seen with the shipped model, in the middle of a cold compile of about 20 s.
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))  # an empty cache
+    conn = await RawConnection.stdio(*server_command("--compile", "on"))
+    try:
+        await conn.request("initialize", {"processId": None, "capabilities": {}})
+        await conn.notify("initialized", {})
+        deadline = time.monotonic() + 120
+        while (await conn.status())["decodeStep"] != "decode step compiling":
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.1)
+        await asyncio.sleep(3)  # into inductor's code generation and autotuning
+        await conn.request("shutdown", None)
+        await conn.notify("exit", None)
+        assert await asyncio.wait_for(conn.process.wait(), 30) == 0
+    finally:
+        await conn.close()
