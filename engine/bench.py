@@ -162,16 +162,13 @@ def quant_worker(model_path: str, dtype: str, quantize: str, new_tokens: int, co
     prefix, suffix = source_around_function_end(tokenizer, 400, 100)
     engine.complete(prefix, suffix, params=SamplingParams(max_new_tokens=2))  # warm-up
     engine.reset_cache()
-    params = SamplingParams(max_new_tokens=new_tokens, prompt_lookup=False)
-    result = engine.complete(prefix, suffix, params=params)
-    s = result.stats
+    s = engine.complete(prefix, suffix, params=SamplingParams(max_new_tokens=new_tokens, prompt_lookup=False)).stats
     figures = {
         "load_s": load_s,
         # Read after generating: right after loading, mmapped safetensors weights are not yet
         # paged in, so the figure would miss most of them.
         "rss_mb": rss_mb(),
         "prefill_tok_s": s.prefilled_tokens / s.prefill_s,
-        "decode_tok_s": (s.generated_tokens - 1) / s.decode_s,
         "eager_decode_tok_s": (s.generated_tokens - 1) / s.decode_s,
         "prompt_tokens": s.prompt_tokens,
     }
@@ -183,12 +180,27 @@ def quant_worker(model_path: str, dtype: str, quantize: str, new_tokens: int, co
             for _ in range(2):  # alternate, on a cold cache each time (prefill not timed here)
                 for kind in rates:
                     engine.compiled = decoder if kind == "compiled" else None
-                    engine.reset_cache()
-                    s = engine.complete(prefix, suffix, params=params).stats
-                    rates[kind].append((s.generated_tokens - 1) / s.decode_s)
+                    rates[kind].append(decode_rate(engine, prefix, suffix, new_tokens))
             figures["eager_decode_tok_s"] = max(rates["eager"])
-            figures["compiled_decode_tok_s"] = figures["decode_tok_s"] = max(rates["compiled"])
+            figures["compiled_decode_tok_s"] = max(rates["compiled"])
+    # what the server would decode at: compiled where that is used
+    figures["decode_tok_s"] = figures.get("compiled_decode_tok_s", figures["eager_decode_tok_s"])
     return figures
+
+
+def worker_command(model_path: Path, dtype: str, quantize: str, new_tokens: int, compile: str) -> list[str]:
+    """quant_worker in a process of its own (so that its memory is its own)."""
+    return [
+        sys.executable,
+        "-m",
+        "engine.bench",
+        "--worker",
+        str(model_path),
+        dtype,
+        quantize,
+        str(new_tokens),
+        compile,
+    ]
 
 
 def bench_quantization(model_path: Path, new_tokens: int, compile: str) -> dict[str, dict]:
@@ -199,8 +211,7 @@ def bench_quantization(model_path: Path, new_tokens: int, compile: str) -> dict[
         ("int8", "bfloat16", "int8"),
         ("int4", "bfloat16", "int4"),
     ]:
-        command = [sys.executable, "-m", "engine.bench", "--worker", str(model_path), dtype, quantize, str(new_tokens),
-                   compile]  # fmt: skip
+        command = worker_command(model_path, dtype, quantize, new_tokens, compile)
         out = subprocess.run(command, capture_output=True, text=True, check=True)
         rows[label] = json.loads(out.stdout.strip().splitlines()[-1])
     return rows
@@ -323,17 +334,7 @@ def bench_llama_cpp(llama_dir: Path, model_path: Path, workdir: Path, compile: s
     for label, dtype, quantize, kind in LLAMA_TYPES:
         prefill, decode, notes = [], [], set()
         for _ in range(rounds):  # alternate: ours, theirs, ours, theirs (the machine is noisy)
-            command = [
-                sys.executable,
-                "-m",
-                "engine.bench",
-                "--worker",
-                str(model_path),
-                dtype,
-                quantize,
-                "64",
-                compile,
-            ]
+            command = worker_command(model_path, dtype, quantize, 64, compile)
             ours = json.loads(
                 subprocess.run(command, capture_output=True, text=True, check=True).stdout.split("\n")[-2]
             )

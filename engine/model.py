@@ -211,8 +211,8 @@ class Attention(nn.Module):
         cache keys/values (1, KVH, L, hd), positions where `visible` (L,) is true.
 
         Fixed shapes at every position: what a compiled graph needs. Attention is written out
-        (not SDPA): at one query over the whole cache, CPU's flash kernel took 290 us a layer
-        on the shipped model, this 10x less once compiled."""
+        for inductor to fuse: inside the compiled step, SDPA's CPU flash kernel took 290 us a
+        layer at one query over the shipped model's 1,024-position cache (profiled)."""
         q, k, v = self.project(x, cos, sin)
         keys.index_copy_(2, pos, k)
         values.index_copy_(2, pos, v)

@@ -13,6 +13,7 @@ would first write a dequantized copy of it.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -60,8 +61,14 @@ def choice_key(layer: QuantizedCpuLayer, rows: int) -> str:
 
 def machine_key() -> str:
     """Choices hold for this CPU, ISA, torch build and thread count only."""
+    return f"{cpu_and_torch()} | {torch.get_num_threads()} threads"
+
+
+@functools.cache
+def cpu_and_torch() -> str:
+    """(Read once: machine_key is asked on every prefill-sized layer call, /proc/cpuinfo is slow.)"""
     model, flags = cpu_flags()
-    return f"{model} | {isa_summary(flags)} | torch {torch.__version__} | {torch.get_num_threads()} threads"
+    return f"{model} | {isa_summary(flags)} | torch {torch.__version__}"
 
 
 def choices_path() -> Path:

@@ -93,13 +93,16 @@ class ServedModel:
     @property
     def decode_step(self) -> str | None:
         """How decoding runs here (engine.compiled.DecodeReport); None with a backend."""
-        report = getattr(self.engine, "decode_report", None)
+        report = self.decode_report
         return report.describe() if report is not None else None
 
     @property
     def compiling(self) -> bool:
-        report = getattr(self.engine, "decode_report", None)
-        return report is not None and report.state == "compiling"
+        return self.decode_report is not None and self.decode_report.state == "compiling"
+
+    @property
+    def decode_report(self):
+        return getattr(self.engine, "decode_report", None)  # a RemoteEngine has none
 
 
 def cache_length(spec: ModelSpec, args) -> int:
