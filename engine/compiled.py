@@ -3,10 +3,10 @@
 On a small model on CPU (the shipped one) and on any model on a GPU, a decoded token costs
 mostly per-op overhead: Python, dispatch, dozens of tiny kernels. torch.compile turns
 `Transformer.decode_static` into one graph (fixed shapes at every position, so typing never
-recompiles it): on CPU with inductor's freezing and its C++ GEMM templates, on CUDA with CUDA
-graphs (`reduce-overhead`, as gpt-fast does). With 7B-sized weights on CPU the step is
-memory-bound and compiling measured no gain (0.91-1.0x) while freezing kept a second copy of
-the weights, so there it is not tried unless asked.
+recompiles it): on CPU with its linear layers written as one-row multiply-and-sums that inductor
+fuses into its own loops (engine.one_row), on CUDA with CUDA graphs (`reduce-overhead`, as
+gpt-fast does). With 7B-sized weights on CPU the step is memory-bound and compiling measured no
+gain (0.91-1.0x, before the one-row form), so there it is not tried unless asked.
 
 Whatever it is, the compiled step is used only where it was measured faster than eager on
 this machine and gave the same greedy tokens; compiling happens at load, and the server keeps
@@ -26,6 +26,7 @@ import torch
 
 from engine.generate import decode_one_token, prefill
 from engine.model import KVCache, Transformer
+from engine.one_row import one_row_linear
 from engine.user_cache import private_cache_or_temporary
 
 log = logging.getLogger(__name__)
@@ -95,13 +96,13 @@ class CompiledDecode:
         if device.type == "cuda":
             self._step = torch.compile(model.decode_static, mode="reduce-overhead", fullgraph=True, dynamic=False)
         else:
-            from torch._inductor import select_algorithm
 
-            select_algorithm.PRINT_AUTOTUNE = False  # its tables would fill stderr: the editor's log
-            # freezing folds the weights into the graph (prepacked for the GEMM kernels);
-            # max_autotune lets inductor pick its own C++ GEMM templates (AMX/AVX-512) per shape.
-            options = {"freezing": True, "max_autotune": True}
-            self._step = torch.compile(model.decode_static, options=options, fullgraph=True, dynamic=False)
+            def one_row_step(token, pos, keys, values):
+                return model.decode_static(token, pos, keys, values, linear=one_row_linear)
+
+            # Plain inductor: inductor's freezing and its GEMM templates (max_autotune) measured
+            # no difference once the float layers are one-row sums.
+            self._step = torch.compile(one_row_step, fullgraph=True, dynamic=False)
         self._views: dict[tuple[int, int], tuple[list[torch.Tensor], list[torch.Tensor]]] = {}
 
     def slot_views(self, cache: KVCache, slot: int) -> tuple[list[torch.Tensor], list[torch.Tensor]]:

@@ -16,6 +16,8 @@ import engine.session as session_module
 from engine.checkpoints import load_model
 from engine.compiled import use_private_compile_cache
 from engine.generate import decode_one_token, prefill
+from engine.model import call_layer
+from engine.one_row import one_row_linear
 from engine.prompts import InfillPrompt
 from engine.sampling import SamplingParams
 from engine.session import InfillEngine
@@ -43,9 +45,11 @@ def greedy(engine: InfillEngine, prompt: InfillPrompt, lookup: bool = False):
     return engine.generate(prompt, SamplingParams(max_new_tokens=40, prompt_lookup=lookup))
 
 
-def test_the_static_step_computes_what_the_forward_pass_does(tiny_checkpoint):
+@pytest.mark.parametrize("linear", [call_layer, one_row_linear], ids=["modules", "one-row"])
+def test_the_static_step_computes_what_the_forward_pass_does(tiny_checkpoint, linear):
     # Uncompiled: the step's own math (attention over the whole cache under a mask, grouped
-    # query heads, the cache written at pos) against the eager decode, in both cache slots.
+    # query heads, the cache written at pos, the linear layers as the CPU step applies them)
+    # against the eager decode, in both cache slots.
     engine = engine_for(tiny_checkpoint)
     model, cache = engine.model, engine.cache
     assert model.args.n_kv_heads < model.args.n_heads  # grouped-query attention is covered
@@ -61,7 +65,7 @@ def test_the_static_step_computes_what_the_forward_pass_does(tiny_checkpoint):
             for t in cache.keys + cache.values:  # the step must write position pos itself
                 t[slot, :, pos] = 0
             with torch.inference_mode():
-                got = model.decode_static(torch.tensor([[token]]), torch.tensor([pos]), keys, values)
+                got = model.decode_static(torch.tensor([[token]]), torch.tensor([pos]), keys, values, linear)
             torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
             for t, before in zip(cache.keys + cache.values, written, strict=True):
                 torch.testing.assert_close(t[slot, :, pos], before)
