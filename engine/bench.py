@@ -14,7 +14,8 @@
    e.g. by .ci/build-llama-server plus those targets): the same weights converted to GGUF by
    that tree's own convert_hf_to_gguf.py (F32, BF16, Q8_0; Q4_0 by llama-quantize), timed by
    its llama-bench beside our engine (same threads): prefill of a ~520-token prompt and decode
-   of 64 tokens, as ratios ours / llama.cpp. Without DIR the section says it was skipped.
+   of 64 tokens after it (and after a ~18-token prompt), each side at the same depth, as ratios
+   ours / llama.cpp. Without DIR the section says it was skipped.
 
 Decoding here is plain (prompt lookup off): its gain is measured by lsp.lookup_bench.
 """
@@ -150,6 +151,10 @@ def rss_mb() -> float:
     return float("nan")
 
 
+SHORT_PROMPT_TOKENS = 16
+"""Prefix of the short prompt that decode is also timed after (with its suffix and FIM tokens, ~18)."""
+
+
 def quant_worker(model_path: str, dtype: str, quantize: str, new_tokens: int, compile: str = "off") -> dict:
     """Runs in its own process: load, measure memory, prefill and decode (eager, and with compile
     "auto" or "on" also compiled, side by side: decode_tok_s is then what the server would use)."""
@@ -185,6 +190,10 @@ def quant_worker(model_path: str, dtype: str, quantize: str, new_tokens: int, co
             figures["compiled_decode_tok_s"] = max(rates["compiled"])
     # what the server would decode at: compiled where that is used
     figures["decode_tok_s"] = figures.get("compiled_decode_tok_s", figures["eager_decode_tok_s"])
+    short_prefix, short_suffix = source_around_function_end(tokenizer, SHORT_PROMPT_TOKENS, 4)
+    short = decode_stats(engine, short_prefix, short_suffix, new_tokens)
+    figures["short_decode_tok_s"] = (short.generated_tokens - 1) / short.decode_s
+    figures["short_prompt_tokens"] = short.prompt_tokens
     return figures
 
 
@@ -224,12 +233,16 @@ def compiled_cell(row: dict) -> str:
     return f"{row['compiled_decode_tok_s']:.1f} ({row['compiled_decode_tok_s'] / row['eager_decode_tok_s']:.2f}x)"
 
 
+def decode_stats(engine: InfillEngine, prefix: str, suffix: str, new_tokens: int, lookup: bool = False):
+    """The stats of one completion from a cold cache."""
+    engine.reset_cache()
+    params = SamplingParams(max_new_tokens=new_tokens, prompt_lookup=lookup)
+    return engine.complete(prefix, suffix, params=params).stats
+
+
 def decode_rate(engine: InfillEngine, prefix: str, suffix: str, new_tokens: int, lookup: bool = False) -> float:
     """Decode tokens/s of one completion from a cold cache."""
-    engine.reset_cache()
-    stats = engine.complete(
-        prefix, suffix, params=SamplingParams(max_new_tokens=new_tokens, prompt_lookup=lookup)
-    ).stats
+    stats = decode_stats(engine, prefix, suffix, new_tokens, lookup)
     return (stats.generated_tokens - 1) / stats.decode_s
 
 
@@ -306,13 +319,20 @@ def llama_cpp_ggufs(llama_dir: Path, model_path: Path, workdir: Path) -> dict[st
     return files
 
 
-def llama_bench(llama_dir: Path, gguf: Path, threads: int, prompt: int, new_tokens: int) -> tuple[float, float, str]:
-    """(prefill tokens/s, decode tokens/s, a note) as llama-bench measures them.
+def llama_bench(
+    llama_dir: Path, gguf: Path, threads: int, prompt: int, new_tokens: int, depths: tuple[int, ...]
+) -> tuple[float, dict[int, float], str]:
+    """(prefill tokens/s, {depth: decode tokens/s}, a note) as llama-bench measures them.
+
+    Decode is timed after `depth` tokens already in the cache (-d), as ours is after its prompt:
+    llama-bench's plain tg test starts from an empty cache, and on a small model that is 2-3x
+    faster than after a 520-token prompt (Q8_0 on the shipped model: 1,383 vs 491 tokens/s).
 
     On a CPU where llama.cpp's repacked (AMX / extra-buffer) kernels crash, as its Q8_0 and
     Q4_0 ones did here (SIGSEGV, 2-core Xeon with AMX), it is run again with --repack 0."""
     command = [str(llama_dir / "build" / "bin" / "llama-bench"), "-m", str(gguf), "-p", str(prompt),
-               "-n", str(new_tokens), "-t", str(threads), "-r", "2", "-o", "json"]  # fmt: skip
+               "-n", str(new_tokens), "-d", ",".join(map(str, (0, *depths))), "-t", str(threads), "-r", "2",
+               "-o", "json"]  # fmt: skip
     done = subprocess.run(command, capture_output=True, text=True)
     note = ""
     if done.returncode < 0:
@@ -321,30 +341,38 @@ def llama_bench(llama_dir: Path, gguf: Path, threads: int, prompt: int, new_toke
     if done.returncode != 0:
         raise RuntimeError(f"llama-bench failed ({done.returncode}): {done.stderr[-500:]}")
     runs = json.loads(done.stdout)
-    prefill = next(r["avg_ts"] for r in runs if r["n_prompt"] == prompt and r["n_gen"] == 0)
-    decode = next(r["avg_ts"] for r in runs if r["n_gen"] == new_tokens and r["n_prompt"] == 0)
+    prefill = next(r["avg_ts"] for r in runs if r["n_prompt"] == prompt and r["n_gen"] == 0 and r["n_depth"] == 0)
+    decode = {
+        depth: next(r["avg_ts"] for r in runs if r["n_gen"] == new_tokens and r["n_depth"] == depth) for depth in depths
+    }
     return prefill, decode, note
 
 
+def ratio(ours: float, theirs: float, digits: int = 0) -> str:
+    return f"{ours / theirs:.2f}x ({ours:.{digits}f} / {theirs:.{digits}f})"
+
+
 def bench_llama_cpp(llama_dir: Path, model_path: Path, workdir: Path, compile: str, rounds: int = 2) -> list[list[str]]:
-    """Rows: weights, then per round 'prefill ours / llama.cpp' and 'decode ours / llama.cpp'."""
+    """Rows: weights, then per round 'prefill ours / llama.cpp', 'decode ours / llama.cpp' after
+    the ~520-token prompt and after a short one (~18 tokens), and a note."""
     threads = torch.get_num_threads()
     files = llama_cpp_ggufs(llama_dir, model_path, workdir)
     rows = []
     for label, dtype, quantize, kind in LLAMA_TYPES:
-        prefill, decode, notes = [], [], set()
+        prefill, decode, short, notes = [], [], [], set()
         for _ in range(rounds):  # alternate: ours, theirs, ours, theirs (the machine is noisy)
             command = worker_command(model_path, dtype, quantize, 64, compile)
             ours = json.loads(
                 subprocess.run(command, capture_output=True, text=True, check=True).stdout.split("\n")[-2]
             )
-            theirs = llama_bench(llama_dir, files[label], threads, ours["prompt_tokens"], 64)
+            depths = (ours["short_prompt_tokens"], ours["prompt_tokens"])
+            theirs = llama_bench(llama_dir, files[label], threads, ours["prompt_tokens"], 64, depths)
             notes.add(theirs[2])
-            prefill.append(f"{ours['prefill_tok_s'] / theirs[0]:.2f}x ({ours['prefill_tok_s']:.0f} / {theirs[0]:.0f})")
-            decode.append(f"{ours['decode_tok_s'] / theirs[1]:.2f}x ({ours['decode_tok_s']:.1f} / {theirs[1]:.1f})")
-        rows.append(
-            [f"{label} vs {kind.upper()}", ", ".join(prefill), ", ".join(decode), "; ".join(sorted(notes - {""}))]
-        )
+            prefill.append(ratio(ours["prefill_tok_s"], theirs[0]))
+            decode.append(ratio(ours["decode_tok_s"], theirs[1][ours["prompt_tokens"]], 1))
+            short.append(ratio(ours["short_decode_tok_s"], theirs[1][ours["short_prompt_tokens"]], 1))
+        cells = [", ".join(figures) for figures in (prefill, decode, short)]
+        rows.append([f"{label} vs {kind.upper()}", *cells, "; ".join(sorted(notes - {""}))])
     return rows
 
 
@@ -444,8 +472,10 @@ def main() -> None:
         else:
             rows = bench_llama_cpp(args.llama_cpp, path, Path(workdir), args.compile)
             print(f"\n## ours / llama.cpp, same weights, {torch.get_num_threads()} threads each, two rounds")
-            print("(prefill: a ~520-token prompt; decode: 64 tokens; llama-bench -p/-n; tokens/s in brackets)")
-            table(["weights", "prefill ours / llama.cpp", "decode ours / llama.cpp", "note"], rows)
+            print("(prefill: a ~520-token prompt; decode: 64 tokens after that prompt, and after a ~18-token")
+            print("one; llama-bench -p/-n with -d at the same depths; tokens/s in brackets)")
+            headers = ["weights", "prefill ours / llama.cpp", "decode after the prompt", "decode after 18 tokens"]
+            table([*headers, "note"], rows)
         if "cuda" not in skip and torch.cuda.is_available():
             rows = bench_cuda_7b(args.new_tokens, tokenizer.path)
             print(f"\n## {torch.cuda.get_device_name()}: Code Llama 7B shapes, random weights, 2,000-token prompt")
