@@ -174,7 +174,7 @@ def quant_worker(model_path: str, dtype: str, quantize: str, new_tokens: int, co
         # paged in, so the figure would miss most of them.
         "rss_mb": rss_mb(),
         "prefill_tok_s": s.prefilled_tokens / s.prefill_s,
-        "eager_decode_tok_s": (s.generated_tokens - 1) / s.decode_s,
+        "eager_decode_tok_s": decode_tok_s(s),
         "prompt_tokens": s.prompt_tokens,
     }
     if compile != "off":
@@ -192,8 +192,7 @@ def quant_worker(model_path: str, dtype: str, quantize: str, new_tokens: int, co
     figures["decode_tok_s"] = figures.get("compiled_decode_tok_s", figures["eager_decode_tok_s"])
     short_prefix, short_suffix = source_around_function_end(tokenizer, SHORT_PROMPT_TOKENS, 4)
     short = decode_stats(engine, short_prefix, short_suffix, new_tokens)
-    figures["short_decode_tok_s"] = (short.generated_tokens - 1) / short.decode_s
-    figures["short_prompt_tokens"] = short.prompt_tokens
+    figures["short_decode_tok_s"], figures["short_prompt_tokens"] = decode_tok_s(short), short.prompt_tokens
     return figures
 
 
@@ -242,7 +241,11 @@ def decode_stats(engine: InfillEngine, prefix: str, suffix: str, new_tokens: int
 
 def decode_rate(engine: InfillEngine, prefix: str, suffix: str, new_tokens: int, lookup: bool = False) -> float:
     """Decode tokens/s of one completion from a cold cache."""
-    stats = decode_stats(engine, prefix, suffix, new_tokens, lookup)
+    return decode_tok_s(decode_stats(engine, prefix, suffix, new_tokens, lookup))
+
+
+def decode_tok_s(stats) -> float:
+    """Tokens/s after the first one (which the prefill produced)."""
     return (stats.generated_tokens - 1) / stats.decode_s
 
 
