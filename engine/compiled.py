@@ -9,7 +9,8 @@ gpt-fast does). With 7B-sized weights on CPU the step is memory-bound and compil
 gain (0.91-1.0x, before the one-row form), so there it is not tried unless asked.
 
 Whatever it is, the compiled step is used only where it was measured faster than eager on
-this machine and gave the same greedy tokens; compiling happens at load, and the server keeps
+this machine and gave the same greedy tokens (up to ties that rounding breaks either way: see
+disagreement); compiling happens at load, and the server keeps
 answering with the eager step meanwhile (engine.session.InfillEngine.prepare_decode). Compiled
 code is cached across restarts in a private folder (use_private_compile_cache): inductor's default,
 /tmp/torchinductor_<user>, is a place another local user could plant code in.
@@ -27,6 +28,7 @@ import torch
 from engine.generate import decode_one_token, prefill
 from engine.model import KVCache, Transformer
 from engine.one_row import one_row_linear
+from engine.quantize import Int4Linear, Int8Linear
 from engine.user_cache import private_cache_or_temporary
 
 log = logging.getLogger(__name__)
@@ -37,7 +39,11 @@ WARM_UP_FILL = 0.75
 """The timed decodes start this far into the cache: the compiled step attends over the whole
 cache at every position, eager over the positions so far, and a server's prompts fill most of it."""
 CHECK_TOKENS = 24
-"""Greedy tokens the compiled step must reproduce before it is used."""
+"""Greedy tokens the compiled step must reproduce (up to ties: see disagreement) before it is used."""
+TIE_ULPS = 2
+"""Eager's two candidates at most this many units of rounding (eps x the logits' scale) apart: a tie."""
+CLOSE_FRACTION = 0.05
+"""The compiled step's logits within this fraction of their scale of eager's (rounding stays ~0.5%)."""
 TIMING_ROUNDS = 3
 """Eager and compiled runs alternate this many times; each keeps its fastest."""
 
@@ -134,18 +140,54 @@ class CompiledDecode:
         return logits.clone() if self.device.type == "cuda" else logits
 
 
-def greedy_run(decode, model: Transformer, cache: KVCache, prompt: list[int], steps: int) -> tuple[list[int], float]:
-    """(greedy tokens, seconds per token) decoding `steps` tokens after prompt, already in slot 0."""
+def greedy_run(
+    decode, model: Transformer, cache: KVCache, prompt: list[int], steps: int, forced: list[int] | None = None
+) -> tuple[list[int], list[torch.Tensor], float]:
+    """(greedy tokens, the logits each was picked from, seconds per token) decoding `steps` tokens
+    after prompt, already in slot 0. forced: feed these tokens instead of the step's own picks, so
+    that two steps are compared on the same sequence (a tie broken the other way derails nothing)."""
     logits, _ = prefill(model, prompt, 0, cache, 0)
     assert logits is not None
-    tokens, pos = [], len(prompt)
+    tokens, seen, pos = [], [], len(prompt)
     started = time.perf_counter()
-    for _ in range(steps):
-        token = int(torch.argmax(logits))
+    for i in range(steps):
+        token = forced[i] if forced is not None else int(torch.argmax(logits))
         tokens.append(token)
+        seen.append(logits)
         logits = decode(token, pos)
         pos += 1
-    return tokens, (time.perf_counter() - started) / steps
+    return tokens, seen, (time.perf_counter() - started) / steps
+
+
+def rounding_eps(model: Transformer) -> float:
+    """Relative rounding of the decode step's activations: the model's dtype, or bf16 where quantized
+    layers compute in it (torch's CPU int8/int4 kernels, tinygemm)."""
+    dtypes = {model.model.embed_tokens.weight.dtype}
+    if any(isinstance(m, (Int8Linear, Int4Linear)) for m in model.modules()):
+        dtypes.add(torch.bfloat16)
+    return max(torch.finfo(d).eps for d in dtypes)
+
+
+def disagreement(expected: list[int], eager: list[torch.Tensor], compiled: list[torch.Tensor], eps: float) -> str:
+    """Why the compiled step's logits (for the same tokens fed) are not eager's up to rounding; "" if they are.
+
+    Exact greedy identity cannot be asked of every dtype: the compiled step sums in another
+    order, and where activations are rounded to bf16 (quantized layers) a last-bit difference
+    before a rounding becomes a unit in bf16's last place, and logits that eager rounds into
+    a tie (or near one) can then fall the other way. So the compiled step may pick another token
+    only where eager's two candidates lie within TIE_ULPS units of rounding of each other, and
+    its logits must stay within CLOSE_FRACTION of their scale: a wrong step misses both."""
+    for step, (token, want, got) in enumerate(zip(expected, eager, compiled, strict=True)):
+        want, got = want.float(), got.float()
+        scale = float(want.abs().max())
+        error = float((got - want).abs().max())
+        if error > CLOSE_FRACTION * scale:
+            return f"its logits differed by {error:.3g} (of {scale:.3g}) at step {step}"
+        pick = int(got.argmax())
+        margin = float(want[token] - want[pick])
+        if pick != token and margin > TIE_ULPS * eps * scale:
+            return f"it picked token {pick} over eager's {token} (margin {margin:.3g}) at step {step}"
+    return ""
 
 
 def build_compiled_decode(
@@ -172,12 +214,12 @@ def build_compiled_decode(
     report = DecodeReport(compile_s=time.perf_counter() - started)
     eager_s, compiled_s = [], []
     for _ in range(TIMING_ROUNDS):
-        expected, seconds = greedy_run(eager, model, scratch, prompt, steps)
+        expected, eager_logits, seconds = greedy_run(eager, model, scratch, prompt, steps)
         eager_s.append(seconds)
-        got, seconds = greedy_run(fast, model, scratch, prompt, steps)
+        _, logits, seconds = greedy_run(fast, model, scratch, prompt, steps, forced=expected)
         compiled_s.append(seconds)
-        if got != expected:
-            report.state, report.detail = "kept-eager", "its greedy tokens differed from eager's"
+        if why := disagreement(expected, eager_logits, logits, rounding_eps(model)):
+            report.state, report.detail = "kept-eager", why
             compiled.forget(scratch)
             return None, report
     compiled.forget(scratch)  # the engine's own cache is what it runs against from now on
