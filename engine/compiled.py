@@ -1,18 +1,22 @@
-"""The decode step compiled: one graph for the one-token forward against the static KV cache.
+"""The decode step made fast: one call for the one-token forward against the KV cache.
 
-On a small model on CPU (the shipped one) and on any model on a GPU, a decoded token costs
-mostly per-op overhead: Python, dispatch, dozens of tiny kernels. torch.compile turns
-`Transformer.decode_static` into one graph (fixed shapes at every position, so typing never
-recompiles it): on CPU with its linear layers written as one-row multiply-and-sums that inductor
-fuses into its own loops (engine.one_row), on CUDA with CUDA graphs (`reduce-overhead`, as
-gpt-fast does). With 7B-sized weights on CPU the step is memory-bound and compiling measured no
-gain (0.91-1.0x, before the one-row form), so there it is not tried unless asked.
+A decoded token on a small model on CPU (the shipped one), and on any model on a GPU, costs
+mostly per-op overhead: Python, dispatch, dozens of tiny kernels. Two ways around it:
 
-Whatever it is, the compiled step is used only where it was measured faster than eager on
-this machine and gave the same greedy tokens (up to ties that rounding breaks either way: see
-disagreement); compiling happens at load, and the server keeps
-answering with the eager step meanwhile (engine.session.InfillEngine.prepare_decode). Compiled
-code is cached across restarts in a private folder (use_private_compile_cache): inductor's default,
+- on CPU, the token written out in C (engine.cpu_decode): a kernel per weight format, one call a
+  token. On the shipped model it decodes 3-7x faster than eager and 1.2-4.6x faster than
+  torch.compile's step did (2-core EPYC, 2026-12-02), and with 7B-sized weights its one-row
+  products read memory faster than torch's kernels;
+- on CUDA, and on CPU for a model the C step does not run (a LoRA layer, a bias),
+  `Transformer.decode_static` under torch.compile: fixed shapes at every position, so typing
+  never recompiles it, and CUDA graphs on a GPU (`reduce-overhead`, as gpt-fast does). On CPU
+  it is tried only for models under 1 GiB: with 7B-sized weights it measured no gain.
+
+Whatever it is, the step is used only where it was measured faster than eager on this machine
+and gave the same greedy tokens (up to ties that rounding breaks either way: see disagreement);
+it is built at load, and the server keeps answering with the eager step meanwhile
+(engine.session.InfillEngine.prepare_decode). Compiled code is cached across restarts in private
+folders (use_private_compile_cache, engine.cpu_decode): inductor's default,
 /tmp/torchinductor_<user>, is a place another local user could plant code in.
 """
 
@@ -25,19 +29,21 @@ from dataclasses import dataclass
 
 import torch
 
+from engine.cpu_decode import CpuDecode, unsupported
 from engine.generate import decode_one_token, prefill
 from engine.model import KVCache, Transformer
-from engine.one_row import one_row_linear
 from engine.quantize import Int4Linear, Int8Linear
 from engine.user_cache import private_cache_or_temporary
 
 log = logging.getLogger(__name__)
 
 CPU_COMPILE_MAX_WEIGHT_BYTES = 1 << 30
-"""auto compiles on CPU only models whose weights are smaller than this (see the module doc)."""
+"""auto uses torch.compile on CPU only for models whose weights are smaller than this."""
 WARM_UP_FILL = 0.75
-"""The timed decodes start this far into the cache: the compiled step attends over the whole
-cache at every position, eager over the positions so far, and a server's prompts fill most of it."""
+"""torch.compile's step is timed this far into the cache: it attends over the whole cache at
+every position, eager over the positions so far, and a server's prompts fill most of it."""
+CHECK_PROMPT = 256
+"""The C step, which attends over the positions so far as eager does, is timed after this many."""
 CHECK_TOKENS = 24
 """Greedy tokens the compiled step must reproduce (up to ties: see disagreement) before it is used."""
 TIE_ULPS = 2
@@ -55,12 +61,14 @@ class DecodeReport:
     state: str = "eager"
     """eager (not tried), compiling, compiled (in use), or kept-eager (tried, not used)."""
     detail: str = ""
+    step: str = ""
+    """Which fast step: "C" (engine.cpu_decode) or "torch.compile"."""
     compile_s: float | None = None
     speedup: float | None = None
     """Eager ms per token / compiled ms per token, as measured at load."""
 
     def describe(self) -> str:
-        figures = []
+        figures = [self.step] if self.step else []
         if self.speedup is not None:
             figures.append(f"{self.speedup:.2f}x eager")
         if self.compile_s is not None:
@@ -85,8 +93,8 @@ def use_private_compile_cache() -> None:
 
 
 def worth_trying(model: Transformer, device: torch.device) -> str:
-    """Why auto should not compile this model here ("" if it should)."""
-    if device.type == "cuda":
+    """Why auto should not build a fast step for this model here ("" if it should)."""
+    if device.type == "cuda" or not unsupported(model):
         return ""
     weight_bytes = sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()])
     if weight_bytes >= CPU_COMPILE_MAX_WEIGHT_BYTES:
@@ -94,21 +102,23 @@ def worth_trying(model: Transformer, device: torch.device) -> str:
     return ""
 
 
+def make_step(model: Transformer, device: torch.device) -> DecodeStep:
+    """The C step on CPU where it runs the model, else torch.compile's."""
+    if device.type == "cpu" and not unsupported(model):
+        return CpuDecode(model)
+    return CompiledDecode(model, device)
+
+
 class CompiledDecode:
     """`Transformer.decode_static` compiled for caches of one shape; call it per token."""
 
+    name = "torch.compile"
+    attends_whole_cache = True
+
     def __init__(self, model: Transformer, device: torch.device) -> None:
         self.model, self.device = model, device
-        if device.type == "cuda":
-            self._step = torch.compile(model.decode_static, mode="reduce-overhead", fullgraph=True, dynamic=False)
-        else:
-
-            def one_row_step(token, pos, keys, values):
-                return model.decode_static(token, pos, keys, values, linear=one_row_linear)
-
-            # Plain inductor: inductor's freezing and its GEMM templates (max_autotune) measured
-            # no difference once the float layers are one-row sums.
-            self._step = torch.compile(one_row_step, fullgraph=True, dynamic=False)
+        mode = "reduce-overhead" if device.type == "cuda" else None  # CUDA graphs
+        self._step = torch.compile(model.decode_static, mode=mode, fullgraph=True, dynamic=False)
         self._views: dict[tuple[int, int], tuple[list[torch.Tensor], list[torch.Tensor]]] = {}
 
     def slot_views(self, cache: KVCache, slot: int) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
@@ -138,6 +148,10 @@ class CompiledDecode:
         logits = self._step(tokens, positions, keys, values)
         # A CUDA graph's output is overwritten by its next replay.
         return logits.clone() if self.device.type == "cuda" else logits
+
+
+DecodeStep = CpuDecode | CompiledDecode
+"""Either fast step: called as step(token, pos, cache, slot) -> logits (vocab,)."""
 
 
 def greedy_run(
@@ -192,9 +206,10 @@ def disagreement(expected: list[int], eager: list[torch.Tensor], compiled: list[
 
 def build_compiled_decode(
     model: Transformer, cache_len: int, force: bool = False
-) -> tuple[CompiledDecode | None, DecodeReport]:
-    """Compile the decode step for caches of cache_len positions, check it gives eager's greedy
-    tokens and time both side by side on a scratch cache (the engine's own is left alone).
+) -> tuple[DecodeStep | None, DecodeReport]:
+    """Build the fast decode step for caches of cache_len positions (make_step), check it gives
+    eager's greedy tokens and time both side by side on a scratch cache (the engine's own is left
+    alone).
 
     Returns the step if it is to be used (faster, or force) and what was measured."""
     weight = model.model.embed_tokens.weight
@@ -204,14 +219,15 @@ def build_compiled_decode(
         model.reset_rope(cache_len)
     scratch = KVCache(model.args, cache_len, 1, device, dtype)
     steps = min(CHECK_TOKENS, cache_len // 4)
-    prompt = [(7 * i + 3) % model.args.vocab_size for i in range(min(int(cache_len * WARM_UP_FILL), cache_len - steps))]
-    compiled = CompiledDecode(model, device)
-    eager = lambda token, pos: decode_one_token(model, token, pos, scratch, 0)  # noqa: E731
-    fast = lambda token, pos: compiled(token, pos, scratch, 0)  # noqa: E731
     started = time.perf_counter()
+    step = make_step(model, device)
+    fill = int(cache_len * WARM_UP_FILL) if step.attends_whole_cache else CHECK_PROMPT
+    prompt = [(7 * i + 3) % model.args.vocab_size for i in range(min(fill, cache_len - steps))]
+    eager = lambda token, pos: decode_one_token(model, token, pos, scratch, 0)  # noqa: E731
+    fast = lambda token, pos: step(token, pos, scratch, 0)  # noqa: E731
     with torch.inference_mode():
         greedy_run(fast, model, scratch, prompt, 2)  # compiles (or loads from the cache)
-    report = DecodeReport(compile_s=time.perf_counter() - started)
+    report = DecodeReport(step=step.name, compile_s=time.perf_counter() - started)
     eager_s, compiled_s = [], []
     for _ in range(TIMING_ROUNDS):
         expected, eager_logits, seconds = greedy_run(eager, model, scratch, prompt, steps)
@@ -220,12 +236,12 @@ def build_compiled_decode(
         compiled_s.append(seconds)
         if why := disagreement(expected, eager_logits, logits, rounding_eps(model)):
             report.state, report.detail = "kept-eager", why
-            compiled.forget(scratch)
+            step.forget(scratch)
             return None, report
-    compiled.forget(scratch)  # the engine's own cache is what it runs against from now on
+    step.forget(scratch)  # the engine's own cache is what it runs against from now on
     report.speedup = min(eager_s) / min(compiled_s)
     if report.speedup > 1 or force:
         report.state = "compiled"
-        return compiled, report
+        return step, report
     report.state, report.detail = "kept-eager", "not faster than eager here"
     return None, report

@@ -21,7 +21,7 @@ from engine.sampling import GenerationStats, SamplingParams
 from engine.tokenizer import Tokenizer
 
 if TYPE_CHECKING:
-    from engine.compiled import CompiledDecode
+    from engine.compiled import DecodeStep
 
 __all__ = ["GenerationStats", "SamplingParams", "TokenStream", "decode_one_token", "prefill", "sample"]
 
@@ -111,7 +111,7 @@ class TokenStream:
         params: SamplingParams,
         healing: str = "",
         lookup: list[int] | None = None,
-        decoder: CompiledDecode | None = None,
+        decoder: DecodeStep | None = None,
     ) -> None:
         """lookup: the whole prompt, to draft from (speculative decoding, greedy only); None: off.
         decoder: the compiled decode step, where it is in use (engine.compiled); None: eager."""

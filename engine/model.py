@@ -13,21 +13,12 @@ position, which is what KV-cache reuse across keystrokes needs.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
-
-LayerCall = Callable[[nn.Module, torch.Tensor], torch.Tensor]
-"""How a linear layer is applied to its input: `call_layer`, or another form of the same product
-(engine.one_row, for the compiled CPU decode step)."""
-
-
-def call_layer(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    return layer(x)
 
 
 @dataclass
@@ -204,19 +195,17 @@ class Attention(nn.Module):
         )
         return self.o_proj(y.transpose(1, 2).reshape(B, T, -1))
 
-    def project(
-        self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, linear: LayerCall = call_layer
-    ) -> tuple[torch.Tensor, ...]:
+    def project(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """q (B, H, T, hd), k and v (B, KVH, T, hd) for x (B, T, dim), RoPE applied to q and k."""
         B, T, _ = x.shape
-        q = linear(self.q_proj, x).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)
-        k = linear(self.k_proj, x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
-        v = linear(self.v_proj, x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        q = self.q_proj(x).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)
+        k = self.k_proj(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        v = self.v_proj(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
         return apply_rope(q, cos, sin), apply_rope(k, cos, sin), v
 
     def decode_static(
         self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, pos: torch.Tensor,
-        keys: torch.Tensor, values: torch.Tensor, visible: torch.Tensor, linear: LayerCall = call_layer,
+        keys: torch.Tensor, values: torch.Tensor, visible: torch.Tensor,
     ) -> torch.Tensor:  # fmt: skip
         """One token x (1, 1, dim) at position pos (a 1-element tensor) against a slot's whole
         cache keys/values (1, KVH, L, hd), positions where `visible` (L,) is true.
@@ -224,7 +213,7 @@ class Attention(nn.Module):
         Fixed shapes at every position: what a compiled graph needs. Attention is written out
         for inductor to fuse: inside the compiled step, SDPA's CPU flash kernel took 290 us a
         layer at one query over the shipped model's 1,024-position cache (profiled)."""
-        q, k, v = self.project(x, cos, sin, linear)
+        q, k, v = self.project(x, cos, sin)
         keys.index_copy_(2, pos, k)
         values.index_copy_(2, pos, v)
         group = self.n_heads // self.n_kv_heads  # query heads per key/value head
@@ -232,7 +221,7 @@ class Attention(nn.Module):
         scores = (q @ keys.transpose(-1, -2)) * self.head_dim**-0.5  # (1, KVH, group, L)
         scores = scores.float().masked_fill(~visible, float("-inf"))
         y = torch.softmax(scores, dim=-1).to(values.dtype) @ values  # (1, KVH, group, hd)
-        return linear(self.o_proj, y.reshape(1, 1, -1))
+        return self.o_proj(y.reshape(1, 1, -1))
 
 
 class MLP(nn.Module):
@@ -242,8 +231,8 @@ class MLP(nn.Module):
         self.up_proj = nn.Linear(args.dim, args.hidden_dim, bias=False)
         self.down_proj = nn.Linear(args.hidden_dim, args.dim, bias=False)
 
-    def forward(self, x: torch.Tensor, linear: LayerCall = call_layer) -> torch.Tensor:
-        return linear(self.down_proj, F.silu(linear(self.gate_proj, x)) * linear(self.up_proj, x))
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
 
 
 class DecoderLayer(nn.Module):
@@ -332,24 +321,22 @@ class Transformer(nn.Module):
         return self.lm_head(self.model.norm(h))
 
     def decode_static(
-        self, token: torch.Tensor, pos: torch.Tensor, keys: list[torch.Tensor], values: list[torch.Tensor],
-        linear: LayerCall = call_layer,
-    ) -> torch.Tensor:  # fmt: skip
+        self, token: torch.Tensor, pos: torch.Tensor, keys: list[torch.Tensor], values: list[torch.Tensor]
+    ) -> torch.Tensor:
         """Logits (vocab,) after token (1, 1) at position pos (1,), written into one slot's cache
         (keys/values: per layer (1, KVH, L, hd), views of a KVCache's slot).
 
         The same math as forward() for one token, but every shape is fixed whatever the
         position, so torch.compile makes one graph of it that typing never recompiles
-        (engine.compiled); the cache must already be sized for RoPE (reset_rope). `linear`
-        applies each linear layer (engine.one_row on CPU)."""
+        (engine.compiled); the cache must already be sized for RoPE (reset_rope)."""
         cos, sin = self.rope_cos[pos], self.rope_sin[pos]
         visible = torch.arange(keys[0].shape[2], device=pos.device) <= pos
         h = self.model.embed_tokens(token)
         for layer, layer_keys, layer_values in zip(self.model.layers, keys, values, strict=True):
             x = layer.input_layernorm(h)
-            h = h + layer.self_attn.decode_static(x, cos, sin, pos, layer_keys, layer_values, visible, linear)
-            h = h + layer.mlp(layer.post_attention_layernorm(h), linear)
-        return linear(self.lm_head, self.model.norm(h))[0, -1]
+            h = h + layer.self_attn.decode_static(x, cos, sin, pos, layer_keys, layer_values, visible)
+            h = h + layer.mlp(layer.post_attention_layernorm(h))
+        return self.lm_head(self.model.norm(h))[0, -1]
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())

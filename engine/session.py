@@ -19,8 +19,8 @@ from collections.abc import Callable, Hashable, Iterator
 
 from engine.backend import Backend, Cancel, Completion, PromptTooLong
 from engine.compiled import (
-    CompiledDecode,
     DecodeReport,
+    DecodeStep,
     build_compiled_decode,
     use_private_compile_cache,
     worth_trying,
@@ -191,7 +191,7 @@ class InfillEngine(Backend):
         self._slot_used = [0] * cache_slots
         self._requests = 0
         self._lock = threading.Lock()
-        self.compiled: CompiledDecode | None = None
+        self.compiled: DecodeStep | None = None
         """The compiled decode step once it is built and measured faster (prepare_decode)."""
         self.decode_report = DecodeReport()
 

@@ -14,10 +14,8 @@ import torch
 import engine.compiled as compiled_module
 import engine.session as session_module
 from engine.checkpoints import load_model
-from engine.compiled import TIE_ULPS, disagreement, rounding_eps, use_private_compile_cache
+from engine.compiled import TIE_ULPS, disagreement, rounding_eps, use_private_compile_cache, worth_trying
 from engine.generate import decode_one_token, prefill
-from engine.model import call_layer
-from engine.one_row import one_row_linear
 from engine.prompts import InfillPrompt
 from engine.sampling import SamplingParams
 from engine.session import InfillEngine
@@ -45,11 +43,9 @@ def greedy(engine: InfillEngine, prompt: InfillPrompt, lookup: bool = False):
     return engine.generate(prompt, SamplingParams(max_new_tokens=40, prompt_lookup=lookup))
 
 
-@pytest.mark.parametrize("linear", [call_layer, one_row_linear], ids=["modules", "one-row"])
-def test_the_static_step_computes_what_the_forward_pass_does(tiny_checkpoint, linear):
+def test_the_static_step_computes_what_the_forward_pass_does(tiny_checkpoint):
     # Uncompiled: the step's own math (attention over the whole cache under a mask, grouped
-    # query heads, the cache written at pos, the linear layers as the CPU step applies them)
-    # against the eager decode, in both cache slots.
+    # query heads, the cache written at pos) against the eager decode, in both cache slots.
     engine = engine_for(tiny_checkpoint)
     model, cache = engine.model, engine.cache
     assert model.args.n_kv_heads < model.args.n_heads  # grouped-query attention is covered
@@ -65,17 +61,25 @@ def test_the_static_step_computes_what_the_forward_pass_does(tiny_checkpoint, li
             for t in cache.keys + cache.values:  # the step must write position pos itself
                 t[slot, :, pos] = 0
             with torch.inference_mode():
-                got = model.decode_static(torch.tensor([[token]]), torch.tensor([pos]), keys, values, linear)
+                got = model.decode_static(torch.tensor([[token]]), torch.tensor([pos]), keys, values)
             torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
             for t, before in zip(cache.keys + cache.values, written, strict=True):
                 torch.testing.assert_close(t[slot, :, pos], before)
             token, pos = int(expected.argmax()), pos + 1
 
 
-@pytest.fixture(scope="module", params=["none", "int8"])
+@pytest.fixture(scope="module", params=[("C", "none"), ("C", "int8"), ("C", "int4"), ("torch.compile", "none")],
+                ids=lambda p: "-".join(p))  # fmt: skip
 def compiled_engine(request, tiny_checkpoint):
-    engine = engine_for(tiny_checkpoint, request.param)
-    report = engine.prepare_decode("on")
+    """An engine with its fast step: the C one (what CPUs use), and torch.compile's (what CUDA uses,
+    and a CPU where the C step cannot run) compiled for the CPU, so that CI tests its graph too."""
+    kind, quantization = request.param
+    engine = engine_for(tiny_checkpoint, quantization)
+    with pytest.MonkeyPatch.context() as patch:
+        if kind == "torch.compile":
+            patch.setattr(compiled_module, "make_step", compiled_module.CompiledDecode)
+        report = engine.prepare_decode("on")
+    assert report.step == kind
     return engine, report
 
 
@@ -173,7 +177,9 @@ def test_modes_and_where_auto_does_not_compile(tiny_checkpoint, monkeypatch):
     engine = engine_for(tiny_checkpoint)
     assert engine.prepare_decode("off").describe() == "decode step eager: off" and engine.compiled is None
     monkeypatch.setattr(compiled_module, "CPU_COMPILE_MAX_WEIGHT_BYTES", 1000)
-    report = engine.prepare_decode("auto")
+    assert worth_trying(engine.model, engine.device) == ""  # the C step is tried at any size
+    monkeypatch.setattr(compiled_module, "unsupported", lambda model: "a LoRA layer")
+    report = engine.prepare_decode("auto")  # torch.compile's would be: not past 1 GiB on a CPU
     assert report.state == "eager" and "memory-bound" in report.detail and engine.compiled is None
     with pytest.raises(ValueError, match="unknown compile mode 'fast'"):
         engine.prepare_decode("fast")
@@ -204,13 +210,13 @@ def test_the_engine_answers_while_compiling_and_survives_a_failed_compile(tiny_c
 
 def test_a_step_that_is_not_faster_is_not_used(tiny_checkpoint, monkeypatch):
     engine = engine_for(tiny_checkpoint)
-    step = compiled_module.CompiledDecode.__call__
+    step = compiled_module.CpuDecode.__call__
 
-    def slower(self, *args):  # 20 ms a token more than compiled: slower than eager, surely
+    def slower(self, *args):  # 20 ms a token more than the C step: slower than eager, surely
         time.sleep(0.02)
         return step(self, *args)
 
-    monkeypatch.setattr(compiled_module.CompiledDecode, "__call__", slower)
+    monkeypatch.setattr(compiled_module.CpuDecode, "__call__", slower)
     report = engine.prepare_decode("auto")
     assert report.state == "kept-eager" and report.speedup < 1 and engine.compiled is None
     assert "not faster" in report.describe()

@@ -1,0 +1,420 @@
+/* One decoded token of a Llama model on the CPU, in one call: the whole forward pass for one
+ * token against the KV cache, in one OpenMP parallel region (a barrier between dependent phases,
+ * five a layer), with no allocation and no dispatch per layer.
+ *
+ * Why: on a small model a token is a few million multiply-adds, and what costs is per-op overhead
+ * (Python, dispatch, a parallel region per kernel) and kernels that are not made for one row.
+ * engine/cpu_decode.py compiles this file with the machine's C compiler (-O3 -march=native,
+ * so the loops below vectorize for whatever ISA the CPU has), loads it with ctypes, and checks
+ * its logits against the eager forward before it is used.
+ *
+ * Numbers follow the eager path: activations are rounded to bf16 wherever eager stores them as
+ * bf16 (a bf16 model; the input and output of torch's int8/int4 CPU kernels, which compute in
+ * bf16), sums are fp32. Weight layouts are the runtime modules' own (engine/quantize.py):
+ *   F32, BF16: (out, in) row-major;
+ *   INT8:      int8 (out, in) and bf16 scales (out): w = q * scale;
+ *   INT4:      torch's CPU pack, [out/64][in][32] bytes (row 64b + j in the low nibble of byte j,
+ *              row 64b + 32 + j in the high one), the rows past the last 64 as [in][rest/2]
+ *              (two neighbouring rows a byte, the first in the low nibble); bf16 scales and zeros
+ *              (in/groupsize, out, 2): w = (q - 8) * scale + zero.
+ */
+#include <math.h>
+#include <omp.h>
+#include <stdint.h>
+#include <string.h>
+#if defined(__AVX512BF16__)
+#include <immintrin.h>
+#endif
+
+enum { KIND_F32 = 0, KIND_BF16 = 1, KIND_INT8 = 2, KIND_INT4 = 3 };
+
+typedef struct {
+    int32_t kind, out, in, groupsize;
+    const void *weight;
+    const uint16_t *scales; /* INT8: (out); INT4: (in / groupsize, out, 2) */
+} Linear;
+
+typedef struct {
+    Linear q, k, v, o, gate, up, down;
+    const void *input_norm, *post_norm; /* (dim), in the model's dtype */
+} Layer;
+
+typedef struct {
+    int32_t n_layers, dim, n_heads, n_kv_heads, head_dim, hidden, vocab, bf16; /* bf16: the model's dtype */
+    float eps;
+    const void *embed, *norm; /* (vocab, dim), (dim) */
+    const float *rope_cos, *rope_sin; /* (positions, head_dim), rotate-half */
+    Linear lm_head;
+    const Layer *layers;
+    void *const *keys, *const *values; /* per layer (slots, n_kv_heads, cache_len, head_dim) */
+    int64_t cache_len;
+    float *scratch; /* cpu_decode_scratch_floats() floats */
+    int32_t threads;
+} Model;
+
+static inline float bf16_to_f32(uint16_t h) {
+    uint32_t u = (uint32_t)h << 16;
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
+
+/* Round to nearest even, as torch's float -> bf16 conversion does (NaN stays NaN). */
+static inline uint16_t f32_to_bf16(float f) {
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x40);
+    u += 0x7fffu + ((u >> 16) & 1u);
+    return (uint16_t)(u >> 16);
+}
+
+static inline float round_bf16(float f) { return bf16_to_f32(f32_to_bf16(f)); }
+
+static inline float load(const void *p, int bf16, int64_t i) {
+    return bf16 ? bf16_to_f32(((const uint16_t *)p)[i]) : ((const float *)p)[i];
+}
+
+static inline void store(void *p, int bf16, int64_t i, float f) {
+    if (bf16)
+        ((uint16_t *)p)[i] = f32_to_bf16(f);
+    else
+        ((float *)p)[i] = f;
+}
+
+static void round_all(float *x, int n) {
+    for (int i = 0; i < n; i++) x[i] = round_bf16(x[i]);
+}
+
+
+/* [begin, end) of n items for thread t of nt, in whole units of `align` (the last takes the rest). */
+static void share(int n, int align, int t, int nt, int *begin, int *end) {
+    int units = (n + align - 1) / align;
+    *begin = (int)((int64_t)units * t / nt) * align;
+    *end = (int)((int64_t)units * (t + 1) / nt) * align;
+    if (*begin > n) *begin = n;
+    if (*end > n) *end = n;
+}
+
+/* One row of activations in every form a layer may take it (prepared once per phase, per thread). */
+typedef struct {
+    const float *f;  /* as computed: what fp32 layers take */
+    float *rounded;  /* rounded to bf16: what bf16 layers and torch's int8/int4 kernels take */
+    uint16_t *bits;  /* the same, as bf16 bits */
+    int16_t *q16;    /* rounded, then quantized to int16: rounded ~= q16 * q16_scale */
+    float q16_scale;
+} Input;
+
+static void prepare(Input *in, const float *x, int n) {
+    float top = 0;
+    in->f = x;
+    for (int i = 0; i < n; i++) {
+        in->bits[i] = f32_to_bf16(x[i]);
+        in->rounded[i] = bf16_to_f32(in->bits[i]);
+        top = fabsf(in->rounded[i]) > top ? fabsf(in->rounded[i]) : top;
+    }
+    in->q16_scale = top > 0 ? top / 32767 : 1;
+    for (int i = 0; i < n; i++) in->q16[i] = (int16_t)lrintf(in->rounded[i] / in->q16_scale);
+}
+
+/* ---- y[r - r0] = W[r] . x for rows r0..r1 ---- */
+
+/* Four rows at a time share each load of x; `omp simd` lets the compiler reorder the fp32 sums. */
+#define DOT4(LOAD)                                                                               \
+    int r = r0;                                                                                  \
+    for (; r + 4 <= r1; r += 4) {                                                                \
+        float a0 = 0, a1 = 0, a2 = 0, a3 = 0;                                                    \
+        _Pragma("omp simd reduction(+ : a0, a1, a2, a3)") for (int k = 0; k < K; k++) {          \
+            a0 += x[k] * LOAD(r, k);                                                             \
+            a1 += x[k] * LOAD(r + 1, k);                                                         \
+            a2 += x[k] * LOAD(r + 2, k);                                                         \
+            a3 += x[k] * LOAD(r + 3, k);                                                         \
+        }                                                                                        \
+        y[r - r0] = a0, y[r + 1 - r0] = a1, y[r + 2 - r0] = a2, y[r + 3 - r0] = a3;              \
+    }                                                                                            \
+    for (; r < r1; r++) {                                                                        \
+        float a = 0;                                                                             \
+        _Pragma("omp simd reduction(+ : a)") for (int k = 0; k < K; k++) a += x[k] * LOAD(r, k); \
+        y[r - r0] = a;                                                                           \
+    }
+
+static void gemv_f32(const float *w, const float *x, float *y, int K, int r0, int r1) {
+#define LOAD_F32(row, k) w[(int64_t)(row) * K + (k)]
+    DOT4(LOAD_F32)
+}
+
+#if defined(__AVX512BF16__)
+/* bf16 x bf16 products summed in fp32 by the CPU's bf16 dot-product instruction, 32 a step:
+ * 2.5-3x the converting loop below on a Zen 4 core. The products are exact, as in eager. */
+static void gemv_bf16(const uint16_t *w, const Input *in, float *y, int K, int r0, int r1) {
+    const int vectors = K / 32 * 32;
+    for (int r = r0; r < r1; r++) {
+        const uint16_t *row = w + (int64_t)r * K;
+        __m512 acc = _mm512_setzero_ps();
+        for (int k = 0; k < vectors; k += 32)
+            acc = _mm512_dpbf16_ps(acc, (__m512bh)_mm512_loadu_si512(row + k),
+                                   (__m512bh)_mm512_loadu_si512(in->bits + k));
+        float a = _mm512_reduce_add_ps(acc);
+        for (int k = vectors; k < K; k++) a += bf16_to_f32(row[k]) * in->rounded[k];
+        y[r - r0] = a;
+    }
+}
+#else
+static void gemv_bf16(const uint16_t *w, const Input *in, float *y, int K, int r0, int r1) {
+    const float *x = in->rounded;
+#define LOAD_BF16(row, k) bf16_to_f32(w[(int64_t)(row) * K + (k)])
+    DOT4(LOAD_BF16)
+}
+#endif
+
+/* int8 weights times the activations as int16: integer sums, flushed to fp32 every 128 inputs
+ * so that they cannot overflow (128 x 32767 x 128 < 2^31). Three times the speed of converting
+ * every weight to fp32 (one Zen 4 core: 25 against 8 GB/s); the activations keep 15 bits against
+ * their largest, and the output is rounded to bf16 as torch's kernel rounds it. */
+static void gemv_int8(const int8_t *w, const uint16_t *scales, const Input *in, float *y, int K, int r0, int r1) {
+    enum { FLUSH = 128 };
+    const int16_t *x = in->q16;
+    int r = r0;
+    for (; r + 4 <= r1; r += 4) {
+        const int8_t *w0 = w + (int64_t)r * K, *w1 = w0 + K, *w2 = w1 + K, *w3 = w2 + K;
+        float f0 = 0, f1 = 0, f2 = 0, f3 = 0;
+        for (int k0 = 0; k0 < K; k0 += FLUSH) {
+            int end = k0 + FLUSH < K ? k0 + FLUSH : K;
+            int32_t a0 = 0, a1 = 0, a2 = 0, a3 = 0;
+            for (int k = k0; k < end; k++) {
+                int32_t xk = x[k];
+                a0 += xk * w0[k], a1 += xk * w1[k], a2 += xk * w2[k], a3 += xk * w3[k];
+            }
+            f0 += (float)a0, f1 += (float)a1, f2 += (float)a2, f3 += (float)a3;
+        }
+        y[r - r0] = f0, y[r + 1 - r0] = f1, y[r + 2 - r0] = f2, y[r + 3 - r0] = f3;
+    }
+    for (; r < r1; r++) {
+        const int8_t *row = w + (int64_t)r * K;
+        float total = 0;
+        for (int k0 = 0; k0 < K; k0 += FLUSH) {
+            int end = k0 + FLUSH < K ? k0 + FLUSH : K;
+            int32_t acc = 0;
+            for (int k = k0; k < end; k++) acc += (int32_t)x[k] * row[k];
+            total += (float)acc;
+        }
+        y[r - r0] = total;
+    }
+    for (int i = r0; i < r1; i++) y[i - r0] *= in->q16_scale * bf16_to_f32(scales[i]);
+}
+
+/* Rows r0..r1 of torch's CPU int4 pack (a block of 64 rows is computed whole: callers share rows
+ * in multiples of 64, and heads of 64 or 128 rows line up with blocks).
+ * Per group of inputs: acc = sum x * q over the group, then y += scale * acc + (zero - 8 scale) * sum x. */
+static void gemv_int4(const uint8_t *packed, const uint16_t *sz, const float *x, float *y, int N, int K, int G,
+                      int r0, int r1) {
+    int full = N / 64 * 64;
+    for (int i = r0; i < r1; i++) y[i - r0] = 0;
+    for (int g0 = 0; g0 < K; g0 += G) {
+        float xsum = 0;
+        for (int k = g0; k < g0 + G; k++) xsum += x[k];
+        const uint16_t *group = sz + (int64_t)(g0 / G) * N * 2;
+        for (int b = r0 / 64 * 64; b < r1 && b < full; b += 64) {
+            const uint8_t *block = packed + (int64_t)b * K / 2; /* (K, 32) bytes */
+            float lo[32] = {0}, hi[32] = {0};
+            for (int k = g0; k < g0 + G; k++) {
+                const uint8_t *bytes = block + (int64_t)k * 32;
+                float xk = x[k];
+#pragma omp simd
+                for (int j = 0; j < 32; j++) {
+                    lo[j] += xk * (float)(bytes[j] & 15);
+                    hi[j] += xk * (float)(bytes[j] >> 4);
+                }
+            }
+            for (int j = 0; j < 64; j++) {
+                int row = b + j;
+                if (row < r0 || row >= r1) continue;
+                float scale = bf16_to_f32(group[2 * row]), zero = bf16_to_f32(group[2 * row + 1]);
+                y[row - r0] += scale * (j < 32 ? lo[j] : hi[j - 32]) + (zero - 8 * scale) * xsum;
+            }
+        }
+        if (r1 > full) { /* the tail: [K][(N - full) / 2] bytes, two rows a byte */
+            const uint8_t *tail = packed + (int64_t)full * K / 2;
+            int pairs = (N - full) / 2;
+            for (int row = full > r0 ? full : r0; row < r1; row++) {
+                int p = (row - full) / 2, shift = ((row - full) & 1) * 4;
+                float acc = 0;
+                for (int k = g0; k < g0 + G; k++) acc += x[k] * (float)((tail[(int64_t)k * pairs + p] >> shift) & 15);
+                float scale = bf16_to_f32(group[2 * row]), zero = bf16_to_f32(group[2 * row + 1]);
+                y[row - r0] += scale * acc + (zero - 8 * scale) * xsum;
+            }
+        }
+    }
+}
+
+/* Rows r0..r1 of one linear layer applied to `in`; the output rounded to bf16 where eager's is bf16
+ * (every layer but an fp32 one). */
+static void linear_rows(const Linear *l, const Input *in, float *y, int r0, int r1) {
+    switch (l->kind) {
+    case KIND_F32: gemv_f32(l->weight, in->f, y, l->in, r0, r1); return;
+    case KIND_BF16: gemv_bf16(l->weight, in, y, l->in, r0, r1); break;
+    case KIND_INT8: gemv_int8(l->weight, l->scales, in, y, l->in, r0, r1); break;
+    default: gemv_int4(l->weight, l->scales, in->rounded, y, l->out, l->in, l->groupsize, r0, r1); break;
+    }
+    round_all(y, r1 - r0);
+}
+
+/* Row alignment when sharing a layer's rows between threads (int4 rows come in blocks of 64). */
+static int row_unit(const Linear *l) { return l->kind == KIND_INT4 ? 64 : 4; }
+
+/* out = RMSNorm(x) * weight, rounded where the model is bf16 (as the eager RMSNorm does). */
+static void rms_norm(const Model *m, const float *x, const void *weight, float *out) {
+    float squares = 0;
+    for (int i = 0; i < m->dim; i++) squares += x[i] * x[i];
+    float inv = 1.0f / sqrtf(squares / m->dim + m->eps);
+    for (int i = 0; i < m->dim; i++) {
+        float normed = m->bf16 ? round_bf16(x[i] * inv) : x[i] * inv;
+        float scaled = load(weight, m->bf16, i) * normed;
+        out[i] = m->bf16 ? round_bf16(scaled) : scaled;
+    }
+}
+
+/* Rotate-half RoPE of one head in place, at position pos. */
+static void rope(const Model *m, float *v, int64_t pos) {
+    int half = m->head_dim / 2;
+    const float *c = m->rope_cos + pos * m->head_dim, *s = m->rope_sin + pos * m->head_dim;
+    for (int i = 0; i < half; i++) {
+        float a = v[i], b = v[i + half];
+        v[i] = a * c[i] - b * s[i];
+        v[i + half] = b * c[i + half] + a * s[i + half];
+    }
+    if (m->bf16) round_all(v, m->head_dim);
+}
+
+/* Attention of query head h (its q already rotated) over positions 0..pos of its key/value head. */
+static void attend(const Model *m, int h, int64_t pos, const void *keys, const void *values, float *s, float *out) {
+    const int HD = m->head_dim;
+    const int64_t base = (int64_t)(h / (m->n_heads / m->n_kv_heads)) * m->cache_len * HD;
+    const float scale = 1.0f / sqrtf((float)HD), *q = out; /* out holds q on entry */
+    float top = -INFINITY, total = 0;
+    for (int64_t p = 0; p <= pos; p++) {
+        float dot = 0;
+        if (m->bf16) {
+            const uint16_t *k = (const uint16_t *)keys + base + p * HD;
+#pragma omp simd reduction(+ : dot)
+            for (int i = 0; i < HD; i++) dot += q[i] * bf16_to_f32(k[i]);
+        } else {
+            const float *k = (const float *)keys + base + p * HD;
+#pragma omp simd reduction(+ : dot)
+            for (int i = 0; i < HD; i++) dot += q[i] * k[i];
+        }
+        s[p] = dot * scale;
+        top = s[p] > top ? s[p] : top;
+    }
+    for (int64_t p = 0; p <= pos; p++) total += (s[p] = expf(s[p] - top));
+    float acc[512] = {0};
+    for (int64_t p = 0; p <= pos; p++) {
+        float w = s[p] / total;
+        if (m->bf16) {
+            const uint16_t *v = (const uint16_t *)values + base + p * HD;
+#pragma omp simd
+            for (int i = 0; i < HD; i++) acc[i] += w * bf16_to_f32(v[i]);
+        } else {
+            const float *v = (const float *)values + base + p * HD;
+#pragma omp simd
+            for (int i = 0; i < HD; i++) acc[i] += w * v[i];
+        }
+    }
+    for (int i = 0; i < HD; i++) out[i] = m->bf16 ? round_bf16(acc[i]) : acc[i];
+}
+
+static int widest(const Model *m) { return (m->dim > m->hidden ? m->dim : m->hidden) + 64; }
+
+/* Per thread: the normalised residual, and its Input forms (rounded, bits, q16). */
+static size_t per_thread_floats(const Model *m) { return (size_t)widest(m) * 3; }
+
+size_t cpu_decode_scratch_floats(const Model *m) {
+    return (size_t)m->dim                              /* x: the residual stream */
+           + (size_t)m->n_heads * m->head_dim          /* q, then the attention output */
+           + (size_t)m->hidden                         /* SiLU(gate) * up */
+           + (size_t)m->n_heads * m->cache_len         /* attention scores */
+           + (size_t)m->threads * per_thread_floats(m);
+}
+
+/* y = x + layer(in) for rows [begin, end), 64 rows at a time: a residual connection. */
+static void add_rows(const Model *m, const Linear *l, const Input *in, float *x, int begin, int end) {
+    float y[64];
+    for (int r = begin; r < end; r += 64) {
+        int stop = r + 64 < end ? r + 64 : end;
+        linear_rows(l, in, y, r, stop);
+        for (int i = r; i < stop; i++) x[i] = m->bf16 ? round_bf16(x[i] + y[i - r]) : x[i] + y[i - r];
+    }
+}
+
+/* Logits (vocab) after `token` at position pos, its keys and values written into cache slot `slot`. */
+void cpu_decode_step(const Model *m, int64_t token, int64_t pos, int64_t slot, float *logits) {
+    const int D = m->dim, HD = m->head_dim, H = m->n_heads, KVH = m->n_kv_heads, W = widest(m);
+    float *x = m->scratch, *q = x + D, *act = q + H * HD, *scores = act + m->hidden;
+    float *per_thread = scores + (int64_t)H * m->cache_len;
+    const int64_t slot_bytes = (int64_t)KVH * m->cache_len * HD * (m->bf16 ? 2 : 4);
+
+    for (int i = 0; i < D; i++) x[i] = load(m->embed, m->bf16, token * D + i);
+
+#pragma omp parallel num_threads(m->threads)
+    {
+        const int t = omp_get_thread_num(), nt = omp_get_num_threads();
+        float *normed = per_thread + (int64_t)t * per_thread_floats(m);
+        Input in = {.rounded = normed + W, .bits = (uint16_t *)(normed + 2 * W), .q16 = (int16_t *)(normed + 2 * W) + W};
+        float head[512];
+        int begin, end;
+        for (int layer = 0; layer < m->n_layers; layer++) {
+            const Layer *L = m->layers + layer;
+            char *keys = (char *)m->keys[layer] + slot * slot_bytes, *values = (char *)m->values[layer] + slot * slot_bytes;
+
+            /* q, k, v a head at a time (whole heads, so that RoPE has both halves): q into `q`,
+             * k and v into the cache at pos. Every thread normalises the residual for itself. */
+            rms_norm(m, x, L->input_norm, normed);
+            prepare(&in, normed, D);
+            share(H + 2 * KVH, 1, t, nt, &begin, &end);
+            for (int u = begin; u < end; u++) {
+                const Linear *l = u < H ? &L->q : u < H + KVH ? &L->k : &L->v;
+                int h = u < H ? u : u < H + KVH ? u - H : u - H - KVH;
+                linear_rows(l, &in, head, h * HD, (h + 1) * HD);
+                if (u < H + KVH) rope(m, head, pos);
+                if (u < H) {
+                    memcpy(q + h * HD, head, HD * sizeof(float));
+                } else {
+                    void *cache = u < H + KVH ? keys : values;
+                    int64_t at = ((int64_t)h * m->cache_len + pos) * HD;
+                    for (int i = 0; i < HD; i++) store(cache, m->bf16, at + i, head[i]);
+                }
+            }
+#pragma omp barrier
+            share(H, 1, t, nt, &begin, &end);
+            for (int h = begin; h < end; h++) attend(m, h, pos, keys, values, scores + h * m->cache_len, q + h * HD);
+#pragma omp barrier
+            prepare(&in, q, H * HD);
+            share(D, row_unit(&L->o), t, nt, &begin, &end);
+            add_rows(m, &L->o, &in, x, begin, end);
+#pragma omp barrier
+            /* act = SiLU(gate(x')) * up(x'), x' the normalised residual */
+            rms_norm(m, x, L->post_norm, normed);
+            prepare(&in, normed, D);
+            share(m->hidden, row_unit(&L->gate), t, nt, &begin, &end);
+            for (int r = begin; r < end; r += 64) {
+                int stop = r + 64 < end ? r + 64 : end;
+                float gate[64], up[64];
+                linear_rows(&L->gate, &in, gate, r, stop);
+                linear_rows(&L->up, &in, up, r, stop);
+                for (int i = r; i < stop; i++) {
+                    float g = gate[i - r], silu = g / (1.0f + expf(-g));
+                    if (m->bf16) silu = round_bf16(silu);
+                    act[i] = m->bf16 ? round_bf16(silu * up[i - r]) : silu * up[i - r];
+                }
+            }
+#pragma omp barrier
+            prepare(&in, act, m->hidden);
+            share(D, row_unit(&L->down), t, nt, &begin, &end);
+            add_rows(m, &L->down, &in, x, begin, end);
+#pragma omp barrier
+        }
+        rms_norm(m, x, m->norm, normed);
+        prepare(&in, normed, D);
+        share(m->vocab, row_unit(&m->lm_head), t, nt, &begin, &end);
+        for (int r = begin; r < end; r += 64) linear_rows(&m->lm_head, &in, logits + r, r, r + 64 < end ? r + 64 : end);
+    }
+}

@@ -1,0 +1,111 @@
+"""The C decode step (engine/cpu_decode.c) against the eager forward: every weight format, both
+cache slots, grouped-query attention, the cache written at pos, and refusals instead of crashes."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+from torch import nn
+
+import engine.cpu_decode as cpu_decode
+from engine.checkpoints import build_model
+from engine.compiled import disagreement, rounding_eps
+from engine.cpu_decode import CpuDecode, unsupported
+from engine.generate import decode_one_token, prefill
+from engine.model import KVCache
+from tests.fixtures import random_model, tiny_args
+
+# int4 quantizes layers whose inputs are a multiple of 128: dim 128 covers every layer but the
+# output one; vocab 1008 = 15 x 64 + 48 covers the int4 pack's rows past its last block of 64.
+ARGS = dict(dim=128, n_heads=4, n_kv_heads=2, vocab_size=1008)
+FORMATS = [("float32", "none"), ("bfloat16", "none"), ("float32", "int8"), ("bfloat16", "int8"),
+           ("float32", "int4"), ("bfloat16", "int4")]  # fmt: skip
+
+
+def model_in(dtype: str, quantization: str):
+    reference = random_model(tiny_args(**ARGS), seed=3)
+    state = {k: v.clone() for k, v in reference.state_dict().items()}
+    return build_model(reference.args, state, torch.device("cpu"), getattr(torch, dtype), quantization)
+
+
+@pytest.mark.parametrize(("dtype", "quantization"), FORMATS)
+def test_the_c_step_computes_what_the_eager_forward_does(dtype, quantization):
+    model = model_in(dtype, quantization)
+    if quantization == "int4":  # every layer, the output one with its 48 rows past the last block
+        assert type(model.lm_head).__name__ == type(model.model.layers[0].mlp.down_proj).__name__ == "Int4Linear"
+    step = CpuDecode(model)
+    cache = KVCache(model.args, 128, slots=2, dtype=getattr(torch, dtype))
+    eps = rounding_eps(model)
+    close = max(8 * eps, 1e-5)
+    for slot in (0, 1):
+        prompt = list(range(10 + slot, 50 + slot))
+        logits, _ = prefill(model, prompt, 0, cache, slot)
+        token, pos = int(logits.argmax()), len(prompt)
+        tokens, eager, fast = [], [], []
+        for _ in range(12):
+            expected = decode_one_token(model, token, pos, cache, slot)
+            written = [t[slot, :, pos].clone() for t in cache.keys + cache.values]
+            for t in cache.keys + cache.values:  # the step must write position pos itself
+                t[slot, :, pos] = 0
+            got = step(token, pos, cache, slot)
+            assert got.shape == (model.args.vocab_size,) and got.dtype == torch.float32
+            for t, before in zip(cache.keys + cache.values, written, strict=True):
+                torch.testing.assert_close(t[slot, :, pos].float(), before.float(), atol=close, rtol=close)
+            tokens.append(token)
+            eager.append(expected.float())
+            fast.append(got)
+            token, pos = int(expected.argmax()), pos + 1
+        if eps == torch.finfo(torch.float32).eps:
+            torch.testing.assert_close(torch.stack(fast), torch.stack(eager), atol=1e-4, rtol=1e-4)
+        assert disagreement([int(e.argmax()) for e in eager], eager, fast, eps) == ""
+
+
+def test_the_c_step_refuses_what_it_cannot_run():
+    model = random_model(tiny_args(**ARGS))
+    assert unsupported(model) == ""
+    model.model.layers[1].mlp.up_proj = nn.Linear(128, 384, bias=True)
+    assert "only plain, int8 and int4 linear layers" in unsupported(model)
+    with pytest.raises(ValueError, match="cannot run this model"):
+        CpuDecode(model)
+    assert "float16 weights" in unsupported(random_model(tiny_args(**ARGS)).half())
+
+
+def test_bad_positions_and_tokens_are_errors_not_crashes():
+    model = random_model(tiny_args(**ARGS))
+    step, cache = CpuDecode(model), KVCache(model.args, 32, slots=1)
+    for token, pos, slot in ((5, 32, 0), (5, -1, 0), (5, 3, 1), (1008, 3, 0), (-1, 3, 0)):
+        with pytest.raises(ValueError, match="outside"):
+            step(token, pos, cache, slot)
+    with pytest.raises(ValueError, match="KV cache for a"):
+        step(5, 3, KVCache(model.args, 32, slots=1, dtype=torch.bfloat16), 0)
+
+
+def test_the_library_is_built_once_and_kept_privately(monkeypatch, tmp_path):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.setattr(cpu_decode, "_library", None)
+    cpu_decode.load_library()
+    folder = tmp_path / "codellama-lsp" / "cpu-decode"
+    (built,) = folder.glob("cpu_decode-*.so")
+    assert oct(folder.stat().st_mode & 0o777) == "0o700"
+    stamp = built.stat().st_mtime_ns
+    monkeypatch.setattr(cpu_decode, "_library", None)
+    cpu_decode.load_library()
+    assert built.stat().st_mtime_ns == stamp and list(folder.iterdir()) == [built]
+
+
+def test_without_a_compiler_the_reason_is_said(monkeypatch):
+    monkeypatch.setattr(cpu_decode, "_library", None)
+    monkeypatch.setattr(cpu_decode, "c_compiler", lambda: None)
+    with pytest.raises(RuntimeError, match="no C compiler"):
+        CpuDecode(random_model(tiny_args(**ARGS)))
+
+
+def test_a_compiler_error_is_reported_and_leaves_nothing(monkeypatch, tmp_path):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.setattr(cpu_decode, "_library", None)
+    monkeypatch.setattr(cpu_decode, "FLAGS", [*cpu_decode.FLAGS, "-DDOES_NOT_COMPILE", "-include", os.devnull + "x"])
+    with pytest.raises(RuntimeError, match=r"could not compile cpu_decode\.c"):
+        cpu_decode.load_library()
+    assert list((tmp_path / "codellama-lsp" / "cpu-decode").iterdir()) == []
