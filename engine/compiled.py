@@ -30,7 +30,7 @@ from dataclasses import dataclass
 import torch
 
 from engine.cpu_decode import CpuDecode, unsupported
-from engine.generate import decode_one_token, prefill
+from engine.generate import decode_one_token, prefill, verify
 from engine.model import KVCache, Transformer
 from engine.quantize import Int4Linear, Int8Linear
 from engine.user_cache import private_cache_or_temporary
@@ -134,6 +134,11 @@ class CompiledDecode:
                     torch._dynamo.mark_static_address(t)
             self._views[key] = (keys, values)
         return self._views[key]
+
+    def verify(self, tokens: list[int], pos: int, cache: KVCache, slot: int) -> torch.Tensor:
+        """A speculative draft is checked by the eager forward (batched, it reads the weights once;
+        a graph would be made per draft length)."""
+        return verify(self.model, tokens, pos, cache, slot)
 
     def forget(self, cache: KVCache) -> None:
         """Drop the views of a cache no longer used (so that its memory can be freed)."""

@@ -1,6 +1,7 @@
-/* One decoded token of a Llama model on the CPU, in one call: the whole forward pass for one
- * token against the KV cache, in one OpenMP parallel region (a barrier between dependent phases,
- * five a layer), with no allocation and no dispatch per layer.
+/* Decoded tokens of a Llama model on the CPU, in one call: the whole forward pass of one token
+ * (or of a few: a speculative draft to check) against the KV cache, in one OpenMP parallel
+ * region (a barrier between dependent phases, five a layer), with no allocation and no dispatch
+ * per layer.
  *
  * Why: on a small model a token is a few million multiply-adds, and what costs is per-op overhead
  * (Python, dispatch, a parallel region per kernel) and kernels that are not made for one row.
@@ -22,11 +23,12 @@
 #include <omp.h>
 #include <stdint.h>
 #include <string.h>
-#if defined(__AVX512BF16__)
+#if defined(__AVX512BF16__) || defined(__AVX512VNNI__)
 #include <immintrin.h>
 #endif
 
 enum { KIND_F32 = 0, KIND_BF16 = 1, KIND_INT8 = 2, KIND_INT4 = 3 };
+enum { MAX_TOKENS = 16, MAX_HEAD_DIM = 512 };
 
 typedef struct {
     int32_t kind, out, in, groupsize;
@@ -48,7 +50,7 @@ typedef struct {
     const Layer *layers;
     void *const *keys, *const *values; /* per layer (slots, n_kv_heads, cache_len, head_dim) */
     int64_t cache_len;
-    float *scratch; /* cpu_decode_scratch_floats() floats */
+    float *scratch; /* cpu_decode_scratch_floats() floats: room for MAX_TOKENS tokens */
     int32_t threads;
 } Model;
 
@@ -104,16 +106,34 @@ typedef struct {
     float q16_scale;
 } Input;
 
-static void prepare(Input *in, const float *x, int n) {
-    float top = 0;
+enum { NEED_ROUNDED = 1, NEED_BITS = 2, NEED_Q16 = 4 };
+
+/* The forms of its input a layer reads. */
+static int needs(const Linear *l) {
+    switch (l->kind) {
+    case KIND_F32: return 0;
+    case KIND_BF16: return NEED_ROUNDED | NEED_BITS;
+    case KIND_INT8: return NEED_ROUNDED | NEED_Q16;
+    default: return NEED_ROUNDED;
+    }
+}
+
+static void prepare(Input *in, const float *x, int n, int need) {
     in->f = x;
+    if (!need) return;
+    float top = 0;
     for (int i = 0; i < n; i++) {
         in->bits[i] = f32_to_bf16(x[i]);
         in->rounded[i] = bf16_to_f32(in->bits[i]);
         top = fabsf(in->rounded[i]) > top ? fabsf(in->rounded[i]) : top;
     }
+    if (!(need & NEED_Q16)) return;
     in->q16_scale = top > 0 ? top / 32767 : 1;
-    for (int i = 0; i < n; i++) in->q16[i] = (int16_t)lrintf(in->rounded[i] / in->q16_scale);
+    const float inverse = 1 / in->q16_scale;
+    for (int i = 0; i < n; i++) {
+        float v = in->rounded[i] * inverse; /* |v| <= 32767: rounded half away from zero */
+        in->q16[i] = (int16_t)(v + (v >= 0 ? 0.5f : -0.5f));
+    }
 }
 
 /* ---- y[r - r0] = W[r] . x for rows r0..r1 ---- */
@@ -166,29 +186,41 @@ static void gemv_bf16(const uint16_t *w, const Input *in, float *y, int K, int r
 }
 #endif
 
-/* int8 weights times the activations as int16: integer sums, flushed to fp32 every 128 inputs
- * so that they cannot overflow (128 x 32767 x 128 < 2^31). Three times the speed of converting
- * every weight to fp32 (one Zen 4 core: 25 against 8 GB/s); the activations keep 15 bits against
- * their largest, and the output is rounded to bf16 as torch's kernel rounds it. */
+/* int8 weights times the activations as int16 (the activations keep 15 bits against their
+ * largest, finer than the bf16 rounding they already had), summed in int32 and scaled at the end;
+ * the output is rounded to bf16 as torch's kernel rounds it. */
+#if defined(__AVX512VNNI__) && defined(__AVX512BW__)
+/* With AVX512-VNNI: 32 products a step, summed in pairs into 16 int32 lanes, flushed to fp32
+ * every 4,096 inputs (a lane then holds at most 256 x 32767 x 128 < 2^31). */
 static void gemv_int8(const int8_t *w, const uint16_t *scales, const Input *in, float *y, int K, int r0, int r1) {
-    enum { FLUSH = 128 };
+    enum { FLUSH = 4096 };
     const int16_t *x = in->q16;
-    int r = r0;
-    for (; r + 4 <= r1; r += 4) {
-        const int8_t *w0 = w + (int64_t)r * K, *w1 = w0 + K, *w2 = w1 + K, *w3 = w2 + K;
-        float f0 = 0, f1 = 0, f2 = 0, f3 = 0;
-        for (int k0 = 0; k0 < K; k0 += FLUSH) {
-            int end = k0 + FLUSH < K ? k0 + FLUSH : K;
-            int32_t a0 = 0, a1 = 0, a2 = 0, a3 = 0;
-            for (int k = k0; k < end; k++) {
-                int32_t xk = x[k];
-                a0 += xk * w0[k], a1 += xk * w1[k], a2 += xk * w2[k], a3 += xk * w3[k];
+    const int vectors = K / 32 * 32;
+    for (int r = r0; r < r1; r++) {
+        const int8_t *row = w + (int64_t)r * K;
+        __m512 total = _mm512_setzero_ps();
+        for (int k0 = 0; k0 < vectors; k0 += FLUSH) {
+            int end = k0 + FLUSH < vectors ? k0 + FLUSH : vectors;
+            __m512i acc = _mm512_setzero_si512();
+            for (int k = k0; k < end; k += 32) {
+                __m512i weights = _mm512_cvtepi8_epi16(_mm256_loadu_si256((const __m256i *)(row + k)));
+                acc = _mm512_dpwssd_epi32(acc, weights, _mm512_loadu_si512(x + k));
             }
-            f0 += (float)a0, f1 += (float)a1, f2 += (float)a2, f3 += (float)a3;
+            total = _mm512_add_ps(total, _mm512_cvtepi32_ps(acc));
         }
-        y[r - r0] = f0, y[r + 1 - r0] = f1, y[r + 2 - r0] = f2, y[r + 3 - r0] = f3;
+        float sum = _mm512_reduce_add_ps(total);
+        for (int k = vectors; k < K; k++) sum += (float)((int32_t)x[k] * row[k]);
+        y[r - r0] = sum * in->q16_scale * bf16_to_f32(scales[r]);
     }
-    for (; r < r1; r++) {
+}
+#else
+/* Integer sums flushed to fp32 every 256 inputs so that they cannot overflow
+ * (256 x 32767 x 128 < 2^31): three times the speed of converting every weight to fp32 (one
+ * Zen 4 core: 25 against 8 GB/s). */
+static void gemv_int8(const int8_t *w, const uint16_t *scales, const Input *in, float *y, int K, int r0, int r1) {
+    enum { FLUSH = 256 };
+    const int16_t *x = in->q16;
+    for (int r = r0; r < r1; r++) {
         const int8_t *row = w + (int64_t)r * K;
         float total = 0;
         for (int k0 = 0; k0 < K; k0 += FLUSH) {
@@ -197,10 +229,10 @@ static void gemv_int8(const int8_t *w, const uint16_t *scales, const Input *in, 
             for (int k = k0; k < end; k++) acc += (int32_t)x[k] * row[k];
             total += (float)acc;
         }
-        y[r - r0] = total;
+        y[r - r0] = total * in->q16_scale * bf16_to_f32(scales[r]);
     }
-    for (int i = r0; i < r1; i++) y[i - r0] *= in->q16_scale * bf16_to_f32(scales[i]);
 }
+#endif
 
 /* Rows r0..r1 of torch's CPU int4 pack (a block of 64 rows is computed whole: callers share rows
  * in multiples of 64, and heads of 64 or 128 rows line up with blocks).
@@ -246,20 +278,28 @@ static void gemv_int4(const uint8_t *packed, const uint16_t *sz, const float *x,
     }
 }
 
-/* Rows r0..r1 of one linear layer applied to `in`; the output rounded to bf16 where eager's is bf16
- * (every layer but an fp32 one). */
-static void linear_rows(const Linear *l, const Input *in, float *y, int r0, int r1) {
-    switch (l->kind) {
-    case KIND_F32: gemv_f32(l->weight, in->f, y, l->in, r0, r1); return;
-    case KIND_BF16: gemv_bf16(l->weight, in, y, l->in, r0, r1); break;
-    case KIND_INT8: gemv_int8(l->weight, l->scales, in, y, l->in, r0, r1); break;
-    default: gemv_int4(l->weight, l->scales, in->rounded, y, l->out, l->in, l->groupsize, r0, r1); break;
+/* Rows r0..r1 of one linear layer for T tokens: y[t * ld + r - r0] = W[r] . in[t], rounded to bf16
+ * where eager's output is bf16 (every layer but an fp32 one). A block of rows is multiplied by
+ * every token before the next block is read, so a draft of several tokens reads the weights once. */
+static void linear_rows(const Linear *l, const Input *in, int T, float *y, int ld, int r0, int r1) {
+    const int block = l->kind == KIND_INT4 ? 64 : 16;
+    for (int b = r0; b < r1; b += block) {
+        int e = b + block < r1 ? b + block : r1;
+        for (int t = 0; t < T; t++) {
+            float *out = y + (int64_t)t * ld + (b - r0);
+            switch (l->kind) {
+            case KIND_F32: gemv_f32(l->weight, in[t].f, out, l->in, b, e); continue;
+            case KIND_BF16: gemv_bf16(l->weight, &in[t], out, l->in, b, e); break;
+            case KIND_INT8: gemv_int8(l->weight, l->scales, &in[t], out, l->in, b, e); break;
+            default: gemv_int4(l->weight, l->scales, in[t].rounded, out, l->out, l->in, l->groupsize, b, e); break;
+            }
+            round_all(out, e - b);
+        }
     }
-    round_all(y, r1 - r0);
 }
 
 /* Row alignment when sharing a layer's rows between threads (int4 rows come in blocks of 64). */
-static int row_unit(const Linear *l) { return l->kind == KIND_INT4 ? 64 : 4; }
+static int row_unit(const Linear *l) { return l->kind == KIND_INT4 ? 64 : 16; }
 
 /* out = RMSNorm(x) * weight, rounded where the model is bf16 (as the eager RMSNorm does). */
 static void rms_norm(const Model *m, const float *x, const void *weight, float *out) {
@@ -285,13 +325,14 @@ static void rope(const Model *m, float *v, int64_t pos) {
     if (m->bf16) round_all(v, m->head_dim);
 }
 
-/* Attention of query head h (its q already rotated) over positions 0..pos of its key/value head. */
-static void attend(const Model *m, int h, int64_t pos, const void *keys, const void *values, float *s, float *out) {
+/* Attention of query head h (its q already rotated, in `out`) over positions 0..last of its
+ * key/value head; s: room for last + 1 scores. */
+static void attend(const Model *m, int h, int64_t last, const void *keys, const void *values, float *s, float *out) {
     const int HD = m->head_dim;
     const int64_t base = (int64_t)(h / (m->n_heads / m->n_kv_heads)) * m->cache_len * HD;
-    const float scale = 1.0f / sqrtf((float)HD), *q = out; /* out holds q on entry */
+    const float scale = 1.0f / sqrtf((float)HD), *q = out;
     float top = -INFINITY, total = 0;
-    for (int64_t p = 0; p <= pos; p++) {
+    for (int64_t p = 0; p <= last; p++) {
         float dot = 0;
         if (m->bf16) {
             const uint16_t *k = (const uint16_t *)keys + base + p * HD;
@@ -305,9 +346,9 @@ static void attend(const Model *m, int h, int64_t pos, const void *keys, const v
         s[p] = dot * scale;
         top = s[p] > top ? s[p] : top;
     }
-    for (int64_t p = 0; p <= pos; p++) total += (s[p] = expf(s[p] - top));
-    float acc[512] = {0};
-    for (int64_t p = 0; p <= pos; p++) {
+    for (int64_t p = 0; p <= last; p++) total += (s[p] = expf(s[p] - top));
+    float acc[MAX_HEAD_DIM] = {0};
+    for (int64_t p = 0; p <= last; p++) {
         float w = s[p] / total;
         if (m->bf16) {
             const uint16_t *v = (const uint16_t *)values + base + p * HD;
@@ -324,97 +365,121 @@ static void attend(const Model *m, int h, int64_t pos, const void *keys, const v
 
 static int widest(const Model *m) { return (m->dim > m->hidden ? m->dim : m->hidden) + 64; }
 
-/* Per thread: the normalised residual, and its Input forms (rounded, bits, q16). */
-static size_t per_thread_floats(const Model *m) { return (size_t)widest(m) * 3; }
+/* Per thread and token: the normalised residual and its Input forms (rounded, bits, q16); per
+ * thread: a layer's output rows for every token (64 a token), attention scores. */
+static size_t per_thread_floats(const Model *m) {
+    return (size_t)MAX_TOKENS * (3 * widest(m) + 3 * 64 + m->head_dim) + (size_t)m->cache_len;
+}
 
 size_t cpu_decode_scratch_floats(const Model *m) {
-    return (size_t)m->dim                              /* x: the residual stream */
-           + (size_t)m->n_heads * m->head_dim          /* q, then the attention output */
-           + (size_t)m->hidden                         /* SiLU(gate) * up */
-           + (size_t)m->n_heads * m->cache_len         /* attention scores */
+    return (size_t)MAX_TOKENS * (m->dim            /* x: the residual stream */
+                                 + m->dim          /* q, then the attention output */
+                                 + m->hidden)      /* SiLU(gate) * up */
            + (size_t)m->threads * per_thread_floats(m);
 }
 
-/* y = x + layer(in) for rows [begin, end), 64 rows at a time: a residual connection. */
-static void add_rows(const Model *m, const Linear *l, const Input *in, float *x, int begin, int end) {
-    float y[64];
+/* Every token's input forms that `need` asks for, for rows of `width` activations, a token every `stride` floats. */
+static void prepare_all(Input *in, int T, const float *x, int stride, int width, int need) {
+    for (int t = 0; t < T; t++) prepare(&in[t], x + (int64_t)t * stride, width, need);
+}
+
+/* x[t] += layer(in[t]) for rows [begin, end): a residual connection, 64 rows at a time. */
+static void add_rows(const Model *m, const Linear *l, const Input *in, int T, float *x, float *y, int begin, int end) {
     for (int r = begin; r < end; r += 64) {
         int stop = r + 64 < end ? r + 64 : end;
-        linear_rows(l, in, y, r, stop);
-        for (int i = r; i < stop; i++) x[i] = m->bf16 ? round_bf16(x[i] + y[i - r]) : x[i] + y[i - r];
+        linear_rows(l, in, T, y, 64, r, stop);
+        for (int t = 0; t < T; t++) {
+            float *xt = x + (int64_t)t * m->dim;
+            for (int i = r; i < stop; i++) {
+                float sum = xt[i] + y[t * 64 + i - r];
+                xt[i] = m->bf16 ? round_bf16(sum) : sum;
+            }
+        }
     }
 }
 
-/* Logits (vocab) after `token` at position pos, its keys and values written into cache slot `slot`. */
-void cpu_decode_step(const Model *m, int64_t token, int64_t pos, int64_t slot, float *logits) {
+/* Logits (T, vocab) for T <= MAX_TOKENS tokens at positions pos..pos + T - 1 (each attending to
+ * every position up to its own), their keys and values written into cache slot `slot`. */
+void cpu_decode_tokens(const Model *m, const int64_t *tokens, int T, int64_t pos, int64_t slot, float *logits) {
     const int D = m->dim, HD = m->head_dim, H = m->n_heads, KVH = m->n_kv_heads, W = widest(m);
-    float *x = m->scratch, *q = x + D, *act = q + H * HD, *scores = act + m->hidden;
-    float *per_thread = scores + (int64_t)H * m->cache_len;
+    float *x = m->scratch, *q = x + MAX_TOKENS * D, *act = q + MAX_TOKENS * D;
+    float *per_thread = act + MAX_TOKENS * m->hidden;
     const int64_t slot_bytes = (int64_t)KVH * m->cache_len * HD * (m->bf16 ? 2 : 4);
 
-    for (int i = 0; i < D; i++) x[i] = load(m->embed, m->bf16, token * D + i);
+    for (int t = 0; t < T; t++)
+        for (int i = 0; i < D; i++) x[t * D + i] = load(m->embed, m->bf16, tokens[t] * D + i);
 
 #pragma omp parallel num_threads(m->threads)
     {
-        const int t = omp_get_thread_num(), nt = omp_get_num_threads();
-        float *normed = per_thread + (int64_t)t * per_thread_floats(m);
-        Input in = {.rounded = normed + W, .bits = (uint16_t *)(normed + 2 * W), .q16 = (int16_t *)(normed + 2 * W) + W};
-        float head[512];
+        const int id = omp_get_thread_num(), nt = omp_get_num_threads();
+        float *mine = per_thread + (int64_t)id * per_thread_floats(m);
+        float *normed = mine, *forms = normed + MAX_TOKENS * W, *rows = forms + MAX_TOKENS * 2 * W;
+        float *scores = rows + MAX_TOKENS * (3 * 64 + HD);
+        Input in[MAX_TOKENS];
+        for (int t = 0; t < T; t++) {
+            float *f = forms + (int64_t)t * 2 * W;
+            in[t] = (Input){.rounded = f, .bits = (uint16_t *)(f + W), .q16 = (int16_t *)(f + W) + W};
+        }
         int begin, end;
         for (int layer = 0; layer < m->n_layers; layer++) {
             const Layer *L = m->layers + layer;
             char *keys = (char *)m->keys[layer] + slot * slot_bytes, *values = (char *)m->values[layer] + slot * slot_bytes;
 
             /* q, k, v a head at a time (whole heads, so that RoPE has both halves): q into `q`,
-             * k and v into the cache at pos. Every thread normalises the residual for itself. */
-            rms_norm(m, x, L->input_norm, normed);
-            prepare(&in, normed, D);
-            share(H + 2 * KVH, 1, t, nt, &begin, &end);
+             * k and v into the cache. Every thread normalises the residual for itself. */
+            for (int t = 0; t < T; t++) rms_norm(m, x + t * D, L->input_norm, normed + t * W);
+            prepare_all(in, T, normed, W, D, needs(&L->q) | needs(&L->k) | needs(&L->v));
+            share(H + 2 * KVH, 1, id, nt, &begin, &end);
             for (int u = begin; u < end; u++) {
                 const Linear *l = u < H ? &L->q : u < H + KVH ? &L->k : &L->v;
                 int h = u < H ? u : u < H + KVH ? u - H : u - H - KVH;
-                linear_rows(l, &in, head, h * HD, (h + 1) * HD);
-                if (u < H + KVH) rope(m, head, pos);
-                if (u < H) {
-                    memcpy(q + h * HD, head, HD * sizeof(float));
-                } else {
-                    void *cache = u < H + KVH ? keys : values;
-                    int64_t at = ((int64_t)h * m->cache_len + pos) * HD;
-                    for (int i = 0; i < HD; i++) store(cache, m->bf16, at + i, head[i]);
+                linear_rows(l, in, T, rows, HD, h * HD, (h + 1) * HD);
+                for (int t = 0; t < T; t++) {
+                    float *head = rows + t * HD;
+                    if (u < H + KVH) rope(m, head, pos + t);
+                    if (u < H) {
+                        memcpy(q + t * D + h * HD, head, HD * sizeof(float));
+                    } else {
+                        void *cache = u < H + KVH ? keys : values;
+                        int64_t at = ((int64_t)h * m->cache_len + pos + t) * HD;
+                        for (int i = 0; i < HD; i++) store(cache, m->bf16, at + i, head[i]);
+                    }
                 }
             }
 #pragma omp barrier
-            share(H, 1, t, nt, &begin, &end);
-            for (int h = begin; h < end; h++) attend(m, h, pos, keys, values, scores + h * m->cache_len, q + h * HD);
+            share(T * H, 1, id, nt, &begin, &end);
+            for (int u = begin; u < end; u++) attend(m, u % H, pos + u / H, keys, values, scores, q + u * HD);
 #pragma omp barrier
-            prepare(&in, q, H * HD);
-            share(D, row_unit(&L->o), t, nt, &begin, &end);
-            add_rows(m, &L->o, &in, x, begin, end);
+            prepare_all(in, T, q, D, D, needs(&L->o));
+            share(D, row_unit(&L->o), id, nt, &begin, &end);
+            add_rows(m, &L->o, in, T, x, rows, begin, end);
 #pragma omp barrier
             /* act = SiLU(gate(x')) * up(x'), x' the normalised residual */
-            rms_norm(m, x, L->post_norm, normed);
-            prepare(&in, normed, D);
-            share(m->hidden, row_unit(&L->gate), t, nt, &begin, &end);
+            for (int t = 0; t < T; t++) rms_norm(m, x + t * D, L->post_norm, normed + t * W);
+            prepare_all(in, T, normed, W, D, needs(&L->gate) | needs(&L->up));
+            share(m->hidden, row_unit(&L->gate), id, nt, &begin, &end);
             for (int r = begin; r < end; r += 64) {
                 int stop = r + 64 < end ? r + 64 : end;
-                float gate[64], up[64];
-                linear_rows(&L->gate, &in, gate, r, stop);
-                linear_rows(&L->up, &in, up, r, stop);
-                for (int i = r; i < stop; i++) {
-                    float g = gate[i - r], silu = g / (1.0f + expf(-g));
-                    if (m->bf16) silu = round_bf16(silu);
-                    act[i] = m->bf16 ? round_bf16(silu * up[i - r]) : silu * up[i - r];
-                }
+                float *gate = rows, *up = rows + MAX_TOKENS * 64;
+                linear_rows(&L->gate, in, T, gate, 64, r, stop);
+                linear_rows(&L->up, in, T, up, 64, r, stop);
+                for (int t = 0; t < T; t++)
+                    for (int i = r; i < stop; i++) {
+                        float g = gate[t * 64 + i - r], silu = g / (1.0f + expf(-g));
+                        if (m->bf16) silu = round_bf16(silu);
+                        float product = silu * up[t * 64 + i - r];
+                        act[(int64_t)t * m->hidden + i] = m->bf16 ? round_bf16(product) : product;
+                    }
             }
 #pragma omp barrier
-            prepare(&in, act, m->hidden);
-            share(D, row_unit(&L->down), t, nt, &begin, &end);
-            add_rows(m, &L->down, &in, x, begin, end);
+            prepare_all(in, T, act, m->hidden, m->hidden, needs(&L->down));
+            share(D, row_unit(&L->down), id, nt, &begin, &end);
+            add_rows(m, &L->down, in, T, x, rows, begin, end);
 #pragma omp barrier
         }
-        rms_norm(m, x, m->norm, normed);
-        prepare(&in, normed, D);
-        share(m->vocab, row_unit(&m->lm_head), t, nt, &begin, &end);
-        for (int r = begin; r < end; r += 64) linear_rows(&m->lm_head, &in, logits + r, r, r + 64 < end ? r + 64 : end);
+        for (int t = 0; t < T; t++) rms_norm(m, x + t * D, m->norm, normed + t * W);
+        prepare_all(in, T, normed, W, D, needs(&m->lm_head));
+        share(m->vocab, row_unit(&m->lm_head), id, nt, &begin, &end);
+        if (begin < end) linear_rows(&m->lm_head, in, T, logits + begin, m->vocab, begin, end);
     }
 }

@@ -42,6 +42,8 @@ FLAGS = ["-O3", "-march=native", "-ffp-contract=fast", "-fopenmp", "-std=gnu11",
 KINDS = {torch.float32: 0, torch.bfloat16: 1, "int8": 2, "int4": 3}
 MAX_HEAD_DIM = 512
 """cpu_decode.c keeps one head on the stack."""
+MAX_TOKENS = 16
+"""Tokens one call computes at most (cpu_decode.c's scratch is sized for them)."""
 
 
 class CLinear(ctypes.Structure):
@@ -111,8 +113,8 @@ def load_library() -> ctypes.CDLL:
             if os.path.exists(temporary):
                 os.unlink(temporary)
     library = ctypes.CDLL(str(path))
-    library.cpu_decode_step.argtypes = [POINTER(CModel), c_int64, c_int64, c_int64, c_void_p]
-    library.cpu_decode_step.restype = None
+    library.cpu_decode_tokens.argtypes = [POINTER(CModel), POINTER(c_int64), c_int32, c_int64, c_int64, c_void_p]
+    library.cpu_decode_tokens.restype = None
     library.cpu_decode_scratch_floats.argtypes = [POINTER(CModel)]
     library.cpu_decode_scratch_floats.restype = ctypes.c_size_t
     _library = library
@@ -189,6 +191,7 @@ class CpuDecode:
             layers=self._layers,
         )  # fmt: skip
         self._plans: dict[int, tuple[CModel, tuple]] = {}
+        self._ids = (c_int64 * MAX_TOKENS)()
 
     def _pointer(self, t: torch.Tensor) -> int:
         self._keep.append(t)
@@ -231,12 +234,26 @@ class CpuDecode:
 
     @torch.inference_mode()
     def __call__(self, token: int, pos: int, cache: KVCache, slot: int) -> torch.Tensor:
-        if not 0 <= pos < cache.max_seq_len or not 0 <= slot < cache.slots:
-            raise ValueError(f"position {pos} / slot {slot} outside the KV cache ({cache.max_seq_len} x {cache.slots})")
-        if not 0 <= token < self.model.args.vocab_size:
-            raise ValueError(f"token {token} outside the vocabulary")
+        return self.verify([token], pos, cache, slot)[0]
+
+    @torch.inference_mode()
+    def verify(self, tokens: list[int], pos: int, cache: KVCache, slot: int) -> torch.Tensor:
+        """Logits (len(tokens), vocab): row i predicts the token after tokens[i], which sits at
+        pos + i (engine.generate.verify's call: a speculative draft checked in one pass, its
+        weights read once for all its tokens)."""
+        if not tokens or not 0 <= pos <= pos + len(tokens) <= cache.max_seq_len or not 0 <= slot < cache.slots:
+            raise ValueError(
+                f"positions {pos}..{pos + len(tokens) - 1} / slot {slot} outside the KV cache "
+                f"({cache.max_seq_len} positions x {cache.slots} slots)"
+            )
+        if not all(0 <= t < self.model.args.vocab_size for t in tokens):
+            raise ValueError(f"a token outside the vocabulary of {self.model.args.vocab_size}: {tokens}")
         plan = self._plan(cache)
         plan.threads = torch.get_num_threads()
-        logits = torch.empty(self.model.args.vocab_size, dtype=torch.float32)
-        self.library.cpu_decode_step(ctypes.byref(plan), token, pos, slot, logits.data_ptr())
+        logits = torch.empty(len(tokens), self.model.args.vocab_size, dtype=torch.float32)
+        for start in range(0, len(tokens), MAX_TOKENS):
+            chunk = tokens[start : start + MAX_TOKENS]
+            self._ids[: len(chunk)] = chunk
+            out = logits[start].data_ptr()
+            self.library.cpu_decode_tokens(ctypes.byref(plan), self._ids, len(chunk), pos + start, slot, out)
         return logits

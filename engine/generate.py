@@ -161,7 +161,12 @@ class TokenStream:
             if draft:
                 # One pass over [token, *draft]: the logits after each; keep the draft while it
                 # is what greedy decoding picks, then the model's own token follows.
-                rows = verify(self.model, [token, *draft], self._pos, self.cache, self.slot)[:, : self.tok.vocab_size]
+                checked = [token, *draft]
+                if self.decoder is not None:
+                    rows = self.decoder.verify(checked, self._pos, self.cache, self.slot)
+                else:
+                    rows = verify(self.model, checked, self._pos, self.cache, self.slot)
+                rows = rows[:, : self.tok.vocab_size]
                 picks = rows.argmax(dim=-1).tolist()
                 kept = next((i for i, d in enumerate(draft) if picks[i] != d), len(draft))
                 self.drafted, self.accepted = self.drafted + len(draft), self.accepted + kept

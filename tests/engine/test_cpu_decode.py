@@ -13,7 +13,7 @@ import engine.cpu_decode as cpu_decode
 from engine.checkpoints import build_model
 from engine.compiled import disagreement, rounding_eps
 from engine.cpu_decode import CpuDecode, unsupported
-from engine.generate import decode_one_token, prefill
+from engine.generate import decode_one_token, prefill, verify
 from engine.model import KVCache
 from tests.fixtures import random_model, tiny_args
 
@@ -60,6 +60,20 @@ def test_the_c_step_computes_what_the_eager_forward_does(dtype, quantization):
         if eps == torch.finfo(torch.float32).eps:
             torch.testing.assert_close(torch.stack(fast), torch.stack(eager), atol=1e-4, rtol=1e-4)
         assert disagreement([int(e.argmax()) for e in eager], eager, fast, eps) == ""
+
+
+@pytest.mark.skipif(os.uname().machine != "x86_64", reason="builds for an older x86-64")
+def test_the_portable_loops_compute_what_the_eager_forward_does(monkeypatch, tmp_path):
+    # Without AVX-512 (an AVX2 EPYC, say) the bf16 and int8 layers take the plain C loops,
+    # not the bf16 / VNNI dot-product instructions: built for x86-64-v3 here, they must agree too.
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.setattr(cpu_decode, "_library", None)
+    monkeypatch.setattr(
+        cpu_decode, "FLAGS", [f if f != "-march=native" else "-march=x86-64-v3" for f in cpu_decode.FLAGS]
+    )
+    for dtype, quantization in (("bfloat16", "none"), ("bfloat16", "int8")):
+        test_the_c_step_computes_what_the_eager_forward_does(dtype, quantization)
+    assert cpu_decode._library is not None and "x86-64-v3" in " ".join(cpu_decode.FLAGS)
 
 
 def test_the_c_step_refuses_what_it_cannot_run():
@@ -109,3 +123,29 @@ def test_a_compiler_error_is_reported_and_leaves_nothing(monkeypatch, tmp_path):
     with pytest.raises(RuntimeError, match=r"could not compile cpu_decode\.c"):
         cpu_decode.load_library()
     assert list((tmp_path / "codellama-lsp" / "cpu-decode").iterdir()) == []
+
+
+@pytest.mark.parametrize(("dtype", "quantization"), [("float32", "none"), ("bfloat16", "int8"), ("bfloat16", "int4")])
+def test_a_draft_is_checked_in_one_call_as_the_eager_pass_checks_it(dtype, quantization):
+    # Several tokens at once (a prompt-lookup draft): each attends to the positions up to its own,
+    # the keys and values of all of them land in the cache; past MAX_TOKENS the call is split.
+    model = model_in(dtype, quantization)
+    step = CpuDecode(model)
+    cache = KVCache(model.args, 128, slots=2, dtype=getattr(torch, dtype))
+    eps = rounding_eps(model)
+    prompt, draft = list(range(10, 40)), [17, 99, 5, 640, 3, 3, 250, 8, 1000, 44, 12, 13, 14, 15, 16, 17, 18, 19]
+    for slot in (0, 1):
+        prefill(model, prompt, 0, cache, slot)
+    expected = verify(model, draft, len(prompt), cache, 0).float()
+    got = step.verify(draft, len(prompt), cache, 1)
+    assert got.shape == (len(draft), model.args.vocab_size) and len(draft) > cpu_decode.MAX_TOKENS
+    close = max(8 * eps, 1e-5)
+    filled = len(prompt) + len(draft)
+    for t in cache.keys + cache.values:
+        torch.testing.assert_close(t[1, :, :filled].float(), t[0, :, :filled].float(), atol=close, rtol=close)
+    picks = [int(row.argmax()) for row in expected]
+    assert disagreement(picks, list(expected), list(got), eps) == ""
+    one_by_one = torch.stack([step(token, len(prompt) + i, cache, 1) for i, token in enumerate(draft)])
+    assert disagreement(picks, list(expected), list(one_by_one), eps) == ""
+    if quantization == "none":
+        torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4)
