@@ -23,7 +23,7 @@
 #include <omp.h>
 #include <stdint.h>
 #include <string.h>
-#if defined(__AVX512BF16__) || defined(__AVX512VNNI__)
+#if defined(__AVX512BF16__) || defined(__AVX512VNNI__) || defined(__AVX512BW__)
 #include <immintrin.h>
 #endif
 
@@ -114,7 +114,7 @@ static int needs(const Linear *l) {
     case KIND_F32: return 0;
     case KIND_BF16: return NEED_ROUNDED | NEED_BITS;
     case KIND_INT8: return NEED_ROUNDED | NEED_Q16;
-    default: return NEED_ROUNDED;
+    default: return NEED_ROUNDED | NEED_Q16;
     }
 }
 
@@ -234,11 +234,61 @@ static void gemv_int8(const int8_t *w, const uint16_t *scales, const Input *in, 
 }
 #endif
 
+#if defined(__AVX512BW__)
+#if defined(__AVX512VNNI__)
+#define DPWSSD(acc, a, b) _mm512_dpwssd_epi32(acc, a, b)
+#else
+#define DPWSSD(acc, a, b) _mm512_add_epi32(acc, _mm512_madd_epi16(a, b))
+#endif
+/* Rows r0..r1 of torch's CPU int4 pack, for whole blocks of 64 rows, in 16-bit integers: the
+ * bytes of inputs k and k + 1 interleaved, so that each 16-bit pair (q_k, q_k+1) of a row meets
+ * the activations' pair (x_k, x_k+1) in one multiply-add (x as q16, as for int8). Twice the rows a
+ * step of the float loop below. Per group: y += scale * sum(x q) + (zero - 8 scale) * sum(x). */
+static void int4_blocks(const uint8_t *packed, const uint16_t *sz, const Input *in, float *y, int N, int K, int G,
+                        int r0, int r1) {
+    const int16_t *x = in->q16;
+    const __m256i nibble = _mm256_set1_epi8(15);
+    for (int i = r0; i < r1; i++) y[i - r0] = 0;
+    for (int g0 = 0; g0 < K; g0 += G) {
+        int32_t xsum = 0;
+        for (int k = g0; k < g0 + G; k++) xsum += x[k];
+        const uint16_t *group = sz + (int64_t)(g0 / G) * N * 2;
+        for (int b = r0 / 64 * 64; b < r1; b += 64) {
+            const uint8_t *block = packed + (int64_t)b * K / 2; /* (K, 32) bytes */
+            __m512i acc[4] = {_mm512_setzero_si512(), _mm512_setzero_si512(), _mm512_setzero_si512(),
+                              _mm512_setzero_si512()};
+            for (int k = g0; k < g0 + G; k += 2) {
+                __m256i a = _mm256_loadu_si256((const __m256i *)(block + (int64_t)k * 32));
+                __m256i c = _mm256_loadu_si256((const __m256i *)(block + (int64_t)(k + 1) * 32));
+                /* bytes j of a and c side by side: lanes j = 0-7, 16-23 (low), 8-15, 24-31 (high) */
+                __m256i low = _mm256_unpacklo_epi8(a, c), high = _mm256_unpackhi_epi8(a, c);
+                __m512i pair = _mm512_set1_epi32((int32_t)(uint16_t)x[k] | ((int32_t)x[k + 1] << 16));
+                acc[0] = DPWSSD(acc[0], _mm512_cvtepu8_epi16(_mm256_and_si256(low, nibble)), pair);
+                acc[1] = DPWSSD(acc[1], _mm512_cvtepu8_epi16(_mm256_and_si256(high, nibble)), pair);
+                acc[2] = DPWSSD(acc[2], _mm512_cvtepu8_epi16(_mm256_and_si256(_mm256_srli_epi16(low, 4), nibble)), pair);
+                acc[3] = DPWSSD(acc[3], _mm512_cvtepu8_epi16(_mm256_and_si256(_mm256_srli_epi16(high, 4), nibble)), pair);
+            }
+            int32_t sums[4][16];
+            for (int i = 0; i < 4; i++) _mm512_storeu_si512(sums[i], acc[i]);
+            for (int j = 0; j < 64; j++) {
+                int row = b + j;
+                if (row < r0 || row >= r1) continue;
+                int lane = j % 32, part = (j >= 32 ? 2 : 0) + (lane % 16 >= 8);
+                int32_t q = sums[part][lane % 8 + (lane >= 16 ? 8 : 0)];
+                float scale = bf16_to_f32(group[2 * row]), zero = bf16_to_f32(group[2 * row + 1]);
+                y[row - r0] += (scale * (float)q + (zero - 8 * scale) * (float)xsum) * in->q16_scale;
+            }
+        }
+    }
+}
+#endif
+
 /* Rows r0..r1 of torch's CPU int4 pack (a block of 64 rows is computed whole: callers share rows
  * in multiples of 64, and heads of 64 or 128 rows line up with blocks).
  * Per group of inputs: acc = sum x * q over the group, then y += scale * acc + (zero - 8 scale) * sum x. */
-static void gemv_int4(const uint8_t *packed, const uint16_t *sz, const float *x, float *y, int N, int K, int G,
+static void int4_float(const uint8_t *packed, const uint16_t *sz, const Input *in, float *y, int N, int K, int G,
                       int r0, int r1) {
+    const float *x = in->rounded;
     int full = N / 64 * 64;
     for (int i = r0; i < r1; i++) y[i - r0] = 0;
     for (int g0 = 0; g0 < K; g0 += G) {
@@ -278,6 +328,19 @@ static void gemv_int4(const uint8_t *packed, const uint16_t *sz, const float *x,
     }
 }
 
+/* Rows r0..r1 of an int4 layer: whole blocks by int4_blocks where the CPU has AVX512-BW, the rest
+ * (and everything elsewhere) by the float loop. */
+static void gemv_int4(const uint8_t *packed, const uint16_t *sz, const Input *in, float *y, int N, int K, int G,
+                      int r0, int r1) {
+#if defined(__AVX512BW__)
+    int full = N / 64 * 64, split = r1 < full ? r1 : full;
+    if (r0 < split) int4_blocks(packed, sz, in, y, N, K, G, r0, split);
+    if (r1 > full) int4_float(packed, sz, in, y + ((full > r0 ? full : r0) - r0), N, K, G, full > r0 ? full : r0, r1);
+#else
+    int4_float(packed, sz, in, y, N, K, G, r0, r1);
+#endif
+}
+
 /* Rows r0..r1 of one linear layer for T tokens: y[t * ld + r - r0] = W[r] . in[t], rounded to bf16
  * where eager's output is bf16 (every layer but an fp32 one). A block of rows is multiplied by
  * every token before the next block is read, so a draft of several tokens reads the weights once. */
@@ -291,7 +354,7 @@ static void linear_rows(const Linear *l, const Input *in, int T, float *y, int l
             case KIND_F32: gemv_f32(l->weight, in[t].f, out, l->in, b, e); continue;
             case KIND_BF16: gemv_bf16(l->weight, &in[t], out, l->in, b, e); break;
             case KIND_INT8: gemv_int8(l->weight, l->scales, &in[t], out, l->in, b, e); break;
-            default: gemv_int4(l->weight, l->scales, in[t].rounded, out, l->out, l->in, l->groupsize, b, e); break;
+            default: gemv_int4(l->weight, l->scales, &in[t], out, l->out, l->in, l->groupsize, b, e); break;
             }
             round_all(out, e - b);
         }

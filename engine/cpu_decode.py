@@ -124,8 +124,11 @@ def load_library() -> ctypes.CDLL:
 def layer_problem(layer: nn.Module, dtype: torch.dtype) -> str:
     """Why cpu_decode.c cannot run this linear layer ("" if it can)."""
     if isinstance(layer, Int8Linear):
-        return "" if layer.weight.is_contiguous() else "an int8 weight that is not contiguous"
+        ok = layer.weight.is_contiguous() and layer.scales.dtype == torch.bfloat16
+        return "" if ok else "an int8 layer not laid out as on CPU"
     if isinstance(layer, Int4Linear):
+        if layer.scales_and_zeros.dtype != torch.bfloat16:
+            return "an int4 layer not laid out as on CPU"
         return "" if layer.gemm_ok else "torch's int4 CPU pack has a layout this engine does not know"
     if type(layer) is not nn.Linear or layer.bias is not None:
         return f"a {type(layer).__name__} layer (only plain, int8 and int4 linear layers)"
@@ -143,6 +146,11 @@ def unsupported(model: Transformer) -> str:
         return f"{weight.dtype} weights (only float32 and bfloat16)"
     if model.args.head_dim > MAX_HEAD_DIM:
         return f"head_dim {model.args.head_dim} is over {MAX_HEAD_DIM}"
+    vectors = [model.model.embed_tokens.weight, model.model.norm.weight] + [
+        norm.weight for block in model.model.layers for norm in (block.input_layernorm, block.post_attention_layernorm)
+    ]
+    if any(v.dtype != weight.dtype or not v.is_contiguous() for v in vectors):
+        return "an embedding or norm weight not in the model's dtype, or not contiguous"
     layers = [model.lm_head] + [
         linear for block in model.model.layers for linear in (*attention_linears(block), *mlp_linears(block))
     ]

@@ -64,14 +64,14 @@ def test_the_c_step_computes_what_the_eager_forward_does(dtype, quantization):
 
 @pytest.mark.skipif(os.uname().machine != "x86_64", reason="builds for an older x86-64")
 def test_the_portable_loops_compute_what_the_eager_forward_does(monkeypatch, tmp_path):
-    # Without AVX-512 (an AVX2 EPYC, say) the bf16 and int8 layers take the plain C loops,
-    # not the bf16 / VNNI dot-product instructions: built for x86-64-v3 here, they must agree too.
+    # Without AVX-512 (an AVX2 EPYC, say) the bf16, int8 and int4 layers take the plain C loops,
+    # not the AVX-512 dot-product instructions: built for x86-64-v3 here, they must agree too.
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     monkeypatch.setattr(cpu_decode, "_library", None)
     monkeypatch.setattr(
         cpu_decode, "FLAGS", [f if f != "-march=native" else "-march=x86-64-v3" for f in cpu_decode.FLAGS]
     )
-    for dtype, quantization in (("bfloat16", "none"), ("bfloat16", "int8")):
+    for dtype, quantization in (("bfloat16", "none"), ("bfloat16", "int8"), ("float32", "int4")):
         test_the_c_step_computes_what_the_eager_forward_does(dtype, quantization)
     assert cpu_decode._library is not None and "x86-64-v3" in " ".join(cpu_decode.FLAGS)
 
@@ -84,6 +84,9 @@ def test_the_c_step_refuses_what_it_cannot_run():
     with pytest.raises(ValueError, match="cannot run this model"):
         CpuDecode(model)
     assert "float16 weights" in unsupported(random_model(tiny_args(**ARGS)).half())
+    strided = random_model(tiny_args(**ARGS))
+    strided.model.norm.weight = nn.Parameter(torch.ones(256)[::2])
+    assert "not contiguous" in unsupported(strided)
 
 
 def test_bad_positions_and_tokens_are_errors_not_crashes():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import shutil
 import time
 
 import pytest
@@ -17,7 +18,18 @@ TEXT = "def total(values):\n    result = 0\n    for value in values:\n        \n
 CURSOR = types.Position(3, 8)
 
 
-async def test_the_server_answers_while_compiling_and_the_same_once_compiled(tiny_checkpoint):
+@pytest.fixture
+def slow_compiler(tmp_path, monkeypatch):
+    """The server builds its C decode step anew (an empty cache) with a C compiler that takes 5 s
+    more: the step is then "compiling" for long enough to be seen (from the cache it takes ms)."""
+    script = tmp_path / "slow-cc"
+    script.write_text(f'#!/bin/sh\nsleep 5\nexec {shutil.which("cc") or "gcc"} "$@"\n')
+    script.chmod(0o755)
+    monkeypatch.setenv("CC", str(script))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+
+
+async def test_the_server_answers_while_compiling_and_the_same_once_compiled(tiny_checkpoint, slow_compiler):
     # A generous time budget: while compiling, the eager answer shares the CPU with the compiler.
     options = {"maxTokens": 24, "timeBudgetMs": 60_000}
     client = await start_client("neovim", "--model", str(tiny_checkpoint), "--compile", "on", options=options)
@@ -46,10 +58,10 @@ async def test_the_server_answers_while_compiling_and_the_same_once_compiled(tin
         await client.stop()
 
 
-async def test_the_server_exits_cleanly_in_the_middle_of_a_compile(tmp_path, monkeypatch):
+async def test_the_server_exits_cleanly_in_the_middle_of_a_compile(slow_compiler):
     # Finalizing the interpreter under a running torch.compile aborted the process (SIGABRT):
-    # seen with the shipped model, in the middle of a cold compile of about 20 s.
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))  # an empty cache
+    # seen with the shipped model, in the middle of a cold compile of about 20 s. Now it is the
+    # C step's compiler that is running.
     conn = await RawConnection.stdio(*server_command("--compile", "on"))
     try:
         await conn.request("initialize", {"processId": None, "capabilities": {}})
@@ -58,7 +70,7 @@ async def test_the_server_exits_cleanly_in_the_middle_of_a_compile(tmp_path, mon
         while (await conn.status())["decodeStep"] != "decode step compiling":
             assert time.monotonic() < deadline
             await asyncio.sleep(0.1)
-        await asyncio.sleep(3)  # into inductor's code generation and autotuning
+        await asyncio.sleep(2)  # the compiler is running
         await conn.request("shutdown", None)
         await conn.notify("exit", None)
         assert await asyncio.wait_for(conn.process.wait(), 30) == 0
