@@ -266,15 +266,24 @@ static void gemv_int8(const int8_t *w, const uint16_t *scales, const Input *in, 
  * step of the float loop below. Per group: y += scale * sum(x q) + (zero - 8 scale) * sum(x). */
 static void int4_blocks(const uint8_t *packed, const uint16_t *sz, const Input *in, float *y, int N, int K, int G,
                         int r0, int r1) {
+    /* Which lane of which accumulator holds row j of a block: the unpacks work in 128-bit halves. */
+    int32_t lane_of_row[64];
+    for (int j = 0; j < 64; j++) {
+        int lane = j % 32, part = (j >= 32 ? 2 : 0) + (lane % 16 >= 8);
+        lane_of_row[j] = part * 16 + lane % 8 + (lane >= 16 ? 8 : 0);
+    }
     const int16_t *x = in->q16;
     const __m256i nibble = _mm256_set1_epi8(15);
-    for (int i = r0; i < r1; i++) y[i - r0] = 0;
-    for (int g0 = 0; g0 < K; g0 += G) {
-        int32_t xsum = 0;
-        for (int k = g0; k < g0 + G; k++) xsum += x[k];
-        const uint16_t *group = sz + (int64_t)(g0 / G) * N * 2;
-        for (int b = r0 / 64 * 64; b < r1; b += 64) {
-            const uint8_t *block = packed + (int64_t)b * K / 2; /* (K, 32) bytes */
+    float xsums[K / G];
+    for (int g = 0; g < K / G; g++) {
+        int32_t total = 0;
+        for (int k = g * G; k < (g + 1) * G; k++) total += x[k];
+        xsums[g] = (float)total;
+    }
+    for (int b = r0 / 64 * 64; b < r1; b += 64) {
+        const uint8_t *block = packed + (int64_t)b * K / 2; /* (K, 32) bytes */
+        float rows[64] = {0};
+        for (int g0 = 0; g0 < K; g0 += G) {
             __m512i acc[4] = {_mm512_setzero_si512(), _mm512_setzero_si512(), _mm512_setzero_si512(),
                               _mm512_setzero_si512()};
             for (int k = g0; k < g0 + G; k += 2) {
@@ -288,17 +297,18 @@ static void int4_blocks(const uint8_t *packed, const uint16_t *sz, const Input *
                 acc[2] = DPWSSD(acc[2], _mm512_cvtepu8_epi16(_mm256_and_si256(_mm256_srli_epi16(low, 4), nibble)), pair);
                 acc[3] = DPWSSD(acc[3], _mm512_cvtepu8_epi16(_mm256_and_si256(_mm256_srli_epi16(high, 4), nibble)), pair);
             }
-            int32_t sums[4][16];
-            for (int i = 0; i < 4; i++) _mm512_storeu_si512(sums[i], acc[i]);
+            int32_t sums[64];
+            for (int i = 0; i < 4; i++) _mm512_storeu_si512(sums + 16 * i, acc[i]);
+            const uint16_t *group = sz + ((int64_t)(g0 / G) * N + b) * 2; /* (scale, zero) of each row */
+            const float xsum = xsums[g0 / G];
+#pragma omp simd
             for (int j = 0; j < 64; j++) {
-                int row = b + j;
-                if (row < r0 || row >= r1) continue;
-                int lane = j % 32, part = (j >= 32 ? 2 : 0) + (lane % 16 >= 8);
-                int32_t q = sums[part][lane % 8 + (lane >= 16 ? 8 : 0)];
-                float scale = bf16_to_f32(group[2 * row]), zero = bf16_to_f32(group[2 * row + 1]);
-                y[row - r0] += (scale * (float)q + (zero - 8 * scale) * (float)xsum) * in->q16_scale;
+                float scale = bf16_to_f32(group[2 * j]), zero = bf16_to_f32(group[2 * j + 1]);
+                rows[j] += scale * (float)sums[lane_of_row[j]] + (zero - 8 * scale) * xsum;
             }
         }
+        for (int j = 0; j < 64; j++)
+            if (b + j >= r0 && b + j < r1) y[b + j - r0] = rows[j] * in->q16_scale;
     }
 }
 #endif
