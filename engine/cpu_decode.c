@@ -177,10 +177,33 @@ static void prepare(Input *in, const float *x, int n, int need) {
         y[r - r0] = a;                                                                           \
     }
 
+#if defined(__AVX512F__)
+/* A row at a time, four sums in flight: the weights then stream through memory in one sequence,
+ * which the prefetchers follow at twice the rate of four rows side by side (Zen 4, 2 threads,
+ * 36 layers of 1024x384: 40 against 17-20 GB/s). */
+static void gemv_f32(const float *w, const float *x, float *y, int K, int r0, int r1) {
+    for (int r = r0; r < r1; r++) {
+        const float *row = w + (int64_t)r * K;
+        __m512 a = _mm512_setzero_ps(), b = a, c = a, d = a;
+        int k = 0;
+        for (; k + 64 <= K; k += 64) {
+            a = _mm512_fmadd_ps(_mm512_loadu_ps(row + k), _mm512_loadu_ps(x + k), a);
+            b = _mm512_fmadd_ps(_mm512_loadu_ps(row + k + 16), _mm512_loadu_ps(x + k + 16), b);
+            c = _mm512_fmadd_ps(_mm512_loadu_ps(row + k + 32), _mm512_loadu_ps(x + k + 32), c);
+            d = _mm512_fmadd_ps(_mm512_loadu_ps(row + k + 48), _mm512_loadu_ps(x + k + 48), d);
+        }
+        for (; k + 16 <= K; k += 16) a = _mm512_fmadd_ps(_mm512_loadu_ps(row + k), _mm512_loadu_ps(x + k), a);
+        float sum = _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(a, b), _mm512_add_ps(c, d)));
+        for (; k < K; k++) sum += row[k] * x[k];
+        y[r - r0] = sum;
+    }
+}
+#else
 static void gemv_f32(const float *w, const float *x, float *y, int K, int r0, int r1) {
 #define LOAD_F32(row, k) w[(int64_t)(row) * K + (k)]
     DOT4(LOAD_F32)
 }
+#endif
 
 #if defined(__AVX512BF16__)
 /* bf16 x bf16 products summed in fp32 by the CPU's bf16 dot-product instruction, 32 a step:
@@ -189,11 +212,16 @@ static void gemv_bf16(const uint16_t *w, const Input *in, float *y, int K, int r
     const int vectors = K / 32 * 32;
     for (int r = r0; r < r1; r++) {
         const uint16_t *row = w + (int64_t)r * K;
-        __m512 acc = _mm512_setzero_ps();
-        for (int k = 0; k < vectors; k += 32)
-            acc = _mm512_dpbf16_ps(acc, (__m512bh)_mm512_loadu_si512(row + k),
-                                   (__m512bh)_mm512_loadu_si512(in->bits + k));
-        float a = _mm512_reduce_add_ps(acc);
+        __m512 acc = _mm512_setzero_ps(), more = acc;
+        int k = 0;
+        for (; k + 64 <= vectors; k += 64) { /* two sums in flight */
+            acc = _mm512_dpbf16_ps(acc, (__m512bh)_mm512_loadu_si512(row + k), (__m512bh)_mm512_loadu_si512(in->bits + k));
+            more = _mm512_dpbf16_ps(more, (__m512bh)_mm512_loadu_si512(row + k + 32),
+                                    (__m512bh)_mm512_loadu_si512(in->bits + k + 32));
+        }
+        for (; k < vectors; k += 32)
+            acc = _mm512_dpbf16_ps(acc, (__m512bh)_mm512_loadu_si512(row + k), (__m512bh)_mm512_loadu_si512(in->bits + k));
+        float a = _mm512_reduce_add_ps(_mm512_add_ps(acc, more));
         for (int k = vectors; k < K; k++) a += bf16_to_f32(row[k]) * in->rounded[k];
         y[r - r0] = a;
     }
