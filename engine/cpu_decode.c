@@ -23,6 +23,8 @@
 #include <omp.h>
 #include <stdint.h>
 #include <string.h>
+
+#include "cpu_bf16.h"
 #if defined(__AVX512F__)
 #include <immintrin.h>
 #endif
@@ -53,24 +55,6 @@ typedef struct {
     float *scratch; /* cpu_decode_scratch_floats() floats: room for MAX_TOKENS tokens */
     int32_t threads;
 } Model;
-
-static inline float bf16_to_f32(uint16_t h) {
-    uint32_t u = (uint32_t)h << 16;
-    float f;
-    memcpy(&f, &u, 4);
-    return f;
-}
-
-/* Round to nearest even, as torch's float -> bf16 conversion does (NaN stays NaN). */
-static inline uint16_t f32_to_bf16(float f) {
-    uint32_t u;
-    memcpy(&u, &f, 4);
-    if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x40);
-    u += 0x7fffu + ((u >> 16) & 1u);
-    return (uint16_t)(u >> 16);
-}
-
-static inline float round_bf16(float f) { return bf16_to_f32(f32_to_bf16(f)); }
 
 /* e^x to about one unit in the last place (Cephes' expf: 2^n times a degree-6 polynomial of the
  * rest), written so that the compiler vectorizes it: libm's expf is a call per element, and the

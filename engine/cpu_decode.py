@@ -8,9 +8,7 @@ itself (guards, wrapper) cost another 0.6 ms. cpu_decode.c is the token written 
 a dot-product kernel per weight format, attention over the filled positions only, five
 barriers a layer, one C call per token.
 
-It is compiled here, with this machine's C compiler and `-march=native` (as inductor compiles
-its kernels), into this user's private cache folder (engine.user_cache: never a folder another
-local user can write), named by a hash of the source, the flags, the compiler and the CPU, so a
+It is compiled with this machine's C compiler into the private cache (engine.c_library), so a
 restart loads it at once. Where there is no compiler, or the model has a layer it does not know
 (a LoRA adapter, a bias, bitsandbytes), the engine keeps its other steps.
 """
@@ -18,27 +16,16 @@ restart loads it at once. Where there is no compiler, or the model has a layer i
 from __future__ import annotations
 
 import ctypes
-import hashlib
-import logging
-import os
-import shutil
-import subprocess
-import tempfile
 from ctypes import POINTER, c_float, c_int32, c_int64, c_void_p
-from pathlib import Path
 
 import torch
 from torch import nn
 
-from engine.machine import cpu_flags
+from engine import c_library
+from engine.cpu_linear import Fp32CpuLinear
 from engine.model import KVCache, Transformer
 from engine.quantize import Int4Linear, Int8Linear
-from engine.user_cache import private_cache_or_temporary
 
-log = logging.getLogger(__name__)
-
-SOURCE = Path(__file__).with_name("cpu_decode.c")
-FLAGS = ["-O3", "-march=native", "-ffp-contract=fast", "-fopenmp", "-std=gnu11", "-shared", "-fPIC"]
 KINDS = {torch.float32: 0, torch.bfloat16: 1, "int8": 2, "int4": 3}
 MAX_HEAD_DIM = 512
 """cpu_decode.c keeps one head on the stack."""
@@ -70,54 +57,13 @@ class CModel(ctypes.Structure):
     ]  # fmt: skip
 
 
-def c_compiler() -> str | None:
-    return os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
-
-
-def library_key(compiler: str) -> str:
-    """What the built library depends on: the source, the flags, the compiler and the CPU."""
-    version = subprocess.run([compiler, "--version"], capture_output=True, text=True, check=True).stdout
-    model, flags = cpu_flags()
-    parts = [SOURCE.read_bytes().decode(), " ".join(FLAGS), version, model, " ".join(sorted(flags))]
-    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:20]
-
-
-_library: ctypes.CDLL | None = None
-
-
 def load_library() -> ctypes.CDLL:
-    """The library for this machine: from the cache, or compiled now (a second or two).
-    Raises RuntimeError (no compiler, or it failed) with the compiler's message."""
-    global _library
-    if _library is not None:
-        return _library
-    compiler = c_compiler()
-    if compiler is None:
-        raise RuntimeError("no C compiler found (set $CC)")
-    folder, why = private_cache_or_temporary("cpu-decode")
-    if why:
-        log.warning("the C decode step is not kept across restarts: %s", why)
-    path = folder / f"cpu_decode-{library_key(compiler)}.so"
-    if not path.is_file() or path.is_symlink():
-        # Written under a temporary name, then renamed: a library is whole or absent.
-        handle, temporary = tempfile.mkstemp(dir=folder, prefix=".cpu_decode-", suffix=".so")
-        os.close(handle)
-        try:
-            done = subprocess.run(
-                [compiler, *FLAGS, "-o", temporary, str(SOURCE), "-lm"], capture_output=True, text=True
-            )
-            if done.returncode != 0:
-                raise RuntimeError(f"{compiler} could not compile {SOURCE.name}: {done.stderr.strip()[-800:]}")
-            os.replace(temporary, path)
-        finally:
-            if os.path.exists(temporary):
-                os.unlink(temporary)
-    library = ctypes.CDLL(str(path))
+    """engine.c_library's library with the decode step's signatures (RuntimeError where it cannot be built)."""
+    library = c_library.load_library()
     library.cpu_decode_tokens.argtypes = [POINTER(CModel), POINTER(c_int64), c_int32, c_int64, c_int64, c_void_p]
     library.cpu_decode_tokens.restype = None
     library.cpu_decode_scratch_floats.argtypes = [POINTER(CModel)]
     library.cpu_decode_scratch_floats.restype = ctypes.c_size_t
-    _library = library
     return library
 
 
@@ -130,7 +76,7 @@ def layer_problem(layer: nn.Module, dtype: torch.dtype) -> str:
         if layer.scales_and_zeros.dtype != torch.bfloat16:
             return "an int4 layer not laid out as on CPU"
         return "" if layer.gemm_ok else "torch's int4 CPU pack has a layout this engine does not know"
-    if type(layer) is not nn.Linear or layer.bias is not None:
+    if type(layer) not in (nn.Linear, Fp32CpuLinear) or layer.bias is not None:
         return f"a {type(layer).__name__} layer (only plain, int8 and int4 linear layers)"
     if layer.weight.dtype != dtype or not layer.weight.is_contiguous():
         return f"a {layer.weight.dtype} weight in a {dtype} model"

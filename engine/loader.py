@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 
 from engine.checkpoints import CheckpointInfo, load_model
+from engine.cpu_linear import use_onednn_prefill
 from engine.defaults import default_model_path
 from engine.prefill_choice import tune as tune_prefill
 from engine.session import InfillEngine
@@ -70,8 +71,9 @@ def load_engine(
     path = model_path(model)
     module, tokenizer, info = load_model(path, device, dtype, quantize)
     if str(module.model.embed_tokens.weight.device) == "cpu":
-        # Once per machine (then read from the user's cache): which kernel each quantized
-        # layer's prefill runs, so no request pays for measuring it.
+        use_onednn_prefill(module)
+        # Once per machine (then read from the user's cache): which kernel each quantized or
+        # fp32 layer's prefill runs, so no request pays for measuring it.
         tuned_started = time.perf_counter()
         if measured := tune_prefill(module):
             log.info("measured %d prefill kernel choices in %.1f s", measured, time.perf_counter() - tuned_started)

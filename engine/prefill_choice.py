@@ -1,10 +1,11 @@
-"""Which kernel a quantized layer's prefill runs on this CPU: measured once, remembered.
+"""Which kernel a linear layer's prefill runs on this CPU: measured once, remembered.
 
 torch's int8 and int4 CPU kernels are made for one row at a time (decode). For the many rows
 of a prefill a GEMM over the dequantized weight in bf16 can be much faster: on a Xeon with AMX
 it ran 7B-sized int8 layers' prefill at 417-448 tokens/s against the kernel's 158-167. On a CPU
-without bf16 matrix units the kernel may win. So each layer shape is timed both ways for a few
-row counts, the faster is kept, and the choices are saved (JSON, for this CPU, ISA, torch and
+without bf16 matrix units the kernel may win. Likewise an fp32 layer's default GEMM (MKL's) may
+lose to oneDNN's (engine.cpu_linear). So each layer shape is timed both ways for a few row
+counts, the faster is kept, and the choices are saved (JSON, for this CPU, ISA, torch and
 thread count) in this user's cache folder, so that later loads measure nothing.
 
 Decode (one row) always takes the kernel: it reads the quantized weight once, where a GEMM
@@ -35,33 +36,39 @@ PREFILL_ROWS = 32
 ROW_BUCKETS = (32, 64, 128, 256, 512)
 """Row counts measured (a prefill chunk is at most 512 rows; others use the bucket below them)."""
 CHOICES_FILE = "prefill-kernels.json"
+GEMMS_VERSION = 2
+"""Part of the key: choices measured against an older GEMM path (2: the dequantization in C,
+oneDNN for fp32) are measured again."""
 
 _choices: dict[str, bool] = {}
-"""'kind out x in @ rows' -> whether the dequantized GEMM measured faster than the kernel."""
+"""'kind out x in @ rows' -> whether the layer's GEMM measured faster than its kernel."""
 _loaded_for: str | None = None
 
 
-class QuantizedCpuLayer(Protocol):
+class PrefillChoiceLayer(Protocol):
     kind: str
     out_features: int
     in_features: int
+    input_dtype: torch.dtype
 
-    def kernel(self, flat: torch.Tensor) -> torch.Tensor: ...
+    def kernel(self, flat: torch.Tensor) -> torch.Tensor:
+        """The default path (the one decode always takes)."""
 
-    def bf16_gemm(self, flat: torch.Tensor) -> torch.Tensor: ...
+    def gemm(self, flat: torch.Tensor) -> torch.Tensor:
+        """The alternative for many rows."""
 
 
 def bucket(rows: int) -> int:
     return max(b for b in ROW_BUCKETS if b <= rows) if rows >= ROW_BUCKETS[0] else rows
 
 
-def choice_key(layer: QuantizedCpuLayer, rows: int) -> str:
+def choice_key(layer: PrefillChoiceLayer, rows: int) -> str:
     return f"{layer.kind} {layer.out_features}x{layer.in_features} @ {bucket(rows)}"
 
 
 def machine_key() -> str:
     """Choices hold for this CPU, ISA, torch build and thread count only."""
-    return f"{cpu_and_torch()} | {torch.get_num_threads()} threads"
+    return f"{cpu_and_torch()} | {torch.get_num_threads()} threads | GEMMs v{GEMMS_VERSION}"
 
 
 @functools.cache
@@ -114,10 +121,10 @@ def save_choices() -> None:
         log.warning("could not save prefill kernel choices: %s", e)
 
 
-def measure(layer: QuantizedCpuLayer, flat: torch.Tensor) -> bool:
+def measure(layer: PrefillChoiceLayer, flat: torch.Tensor) -> bool:
     """Time both paths on flat (after a warm-up run each); True if the GEMM was faster."""
     timings = []
-    for run in (layer.kernel, layer.bf16_gemm):
+    for run in (layer.kernel, layer.gemm):
         run(flat)
         started = time.perf_counter()
         run(flat)
@@ -125,8 +132,8 @@ def measure(layer: QuantizedCpuLayer, flat: torch.Tensor) -> bool:
     return timings[1] < timings[0]
 
 
-def prefers_gemm(layer: QuantizedCpuLayer, flat: torch.Tensor) -> bool:
-    """Whether this prefill-sized input (bf16 rows) should run as the dequantized GEMM; a shape
+def prefers_gemm(layer: PrefillChoiceLayer, flat: torch.Tensor) -> bool:
+    """Whether this prefill-sized input should run as the layer's GEMM; a shape
     never measured is measured now (tune() does them all at load)."""
     load_choices()
     key = choice_key(layer, flat.shape[0])
@@ -137,20 +144,20 @@ def prefers_gemm(layer: QuantizedCpuLayer, flat: torch.Tensor) -> bool:
 
 @torch.inference_mode()
 def tune(model: torch.nn.Module, progress: Callable[[str], None] = lambda message: None) -> int:
-    """Measure every quantized layer shape of model at every row bucket not measured on this
+    """Measure every layer shape of model with a choice at every row bucket not measured on this
     machine yet, and save the choices; returns how many were measured (0 once saved)."""
     load_choices()
-    layers: dict[str, QuantizedCpuLayer] = {}
+    layers: dict[str, PrefillChoiceLayer] = {}
     for name, module in model.named_modules():
         # (not the output layer: a prefill computes its last row only)
-        if hasattr(module, "bf16_gemm") and getattr(module, "gemm_ok", False) and name != "lm_head":
+        if hasattr(module, "gemm") and getattr(module, "gemm_ok", False) and name != "lm_head":
             layers.setdefault(f"{module.kind} {module.out_features}x{module.in_features}", module)
     todo = [
         (layer, rows) for layer in layers.values() for rows in ROW_BUCKETS if choice_key(layer, rows) not in _choices
     ]
     for i, (layer, rows) in enumerate(todo):
         progress(f"measuring prefill kernels {i + 1}/{len(todo)}")
-        flat = torch.randn(rows, layer.in_features, dtype=torch.bfloat16)
+        flat = torch.randn(rows, layer.in_features, dtype=layer.input_dtype)
         _choices[choice_key(layer, rows)] = measure(layer, flat)
     if todo:
         save_choices()

@@ -16,16 +16,22 @@ checkpoint can save; the modules pack them for the device they run on when built
 
 from __future__ import annotations
 
+import ctypes
 import functools
+import logging
+import subprocess
+from ctypes import c_int, c_int64, c_void_p
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from engine import c_library
 from engine.options import BNB_QUANTIZATIONS, QUANTIZATIONS, TORCH_QUANTIZATIONS
 from engine.prefill_choice import PREFILL_ROWS, prefers_gemm
 
 __all__ = ["BNB_QUANTIZATIONS", "QUANTIZATIONS", "TORCH_QUANTIZATIONS"]
+log = logging.getLogger(__name__)
 INT4_GROUPSIZE = 128
 INT4_INNER_K_TILES = 8
 
@@ -137,13 +143,29 @@ def cpu_matmul(layer: Int8Linear | Int4Linear, flat: torch.Tensor) -> torch.Tens
     that measured faster here the dequantized weight's bf16 GEMM (engine.prefill_choice)."""
     if flat.shape[0] >= PREFILL_ROWS and layer.gemm_ok and not torch.compiler.is_compiling():
         if prefers_gemm(layer, flat):
-            return layer.bf16_gemm(flat)
+            return layer.gemm(flat)
     return layer.kernel(flat)
+
+
+@functools.cache
+def dequant_library() -> ctypes.CDLL | None:
+    """engine.c_library's dequantization (engine/cpu_dequant.c), or None where it cannot be built:
+    the prefill GEMMs then dequantize with torch ops, 2-3x slower."""
+    try:
+        library = c_library.load_library()
+    except (RuntimeError, OSError, subprocess.SubprocessError) as e:
+        log.warning("prefill GEMMs dequantize with torch ops: %s", e)
+        return None
+    library.dequant_int8_rows.argtypes = [c_void_p, c_void_p, c_int64, c_int64, c_int64, c_void_p, c_int]
+    library.dequant_int4_blocks.argtypes = [c_void_p, c_void_p, *[c_int64] * 5, c_void_p, c_int]
+    library.dequant_int8_rows.restype = library.dequant_int4_blocks.restype = None
+    return library
 
 
 class Int8Linear(nn.Module):
     kind = "int8"
     gemm_ok = True
+    input_dtype = CPU_KERNEL_DTYPE
 
     def __init__(self, weight: torch.Tensor, scales: torch.Tensor, dtype: torch.dtype) -> None:
         super().__init__()
@@ -154,11 +176,19 @@ class Int8Linear(nn.Module):
     def kernel(self, flat: torch.Tensor) -> torch.Tensor:
         return torch._weight_int8pack_mm(flat, self.weight, self.scales)
 
-    def bf16_gemm(self, flat: torch.Tensor) -> torch.Tensor:
-        parts = []
+    def gemm(self, flat: torch.Tensor) -> torch.Tensor:
+        library, parts = dequant_library(), []
+        chunk = torch.empty(min(GEMM_CHUNK_ROWS, self.out_features), self.in_features, dtype=CPU_KERNEL_DTYPE)
         for start in range(0, self.out_features, GEMM_CHUNK_ROWS):
             rows = slice(start, start + GEMM_CHUNK_ROWS)
-            parts.append(F.linear(flat, self.weight[rows].to(CPU_KERNEL_DTYPE) * self.scales[rows, None]))
+            if library is None:
+                weight = self.weight[rows].to(CPU_KERNEL_DTYPE) * self.scales[rows, None]
+            else:
+                end = min(start + GEMM_CHUNK_ROWS, self.out_features)
+                weight = chunk[: end - start]
+                library.dequant_int8_rows(self.weight.data_ptr(), self.scales.data_ptr(), self.in_features,
+                                          start, end, weight.data_ptr(), torch.get_num_threads())  # fmt: skip
+            parts.append(F.linear(flat, weight))
         return torch.cat(parts, dim=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -171,6 +201,7 @@ class Int8Linear(nn.Module):
 
 class Int4Linear(nn.Module):
     kind = "int4"
+    input_dtype = CPU_KERNEL_DTYPE
 
     def __init__(self, weight: torch.Tensor, scales_and_zeros: torch.Tensor, dtype: torch.dtype) -> None:
         super().__init__()
@@ -194,27 +225,23 @@ class Int4Linear(nn.Module):
     def kernel(self, flat: torch.Tensor) -> torch.Tensor:
         return torch._weight_int4pack_mm_for_cpu(flat, self.packed, self.groupsize, self.scales_and_zeros)
 
-    def bf16_gemm(self, flat: torch.Tensor) -> torch.Tensor:
+    def gemm(self, flat: torch.Tensor) -> torch.Tensor:
         # Straight from the packed blocks (CPU_INT4_BLOCK), GEMM_CHUNK_ROWS output rows at a time.
         n, k, block = self.out_features, self.in_features, CPU_INT4_BLOCK
         full = n // block * block
-        blocks = self.packed.reshape(-1)[: full * k // 2].view(full // block, k, block // 2)
+        library, per_chunk = dequant_library(), GEMM_CHUNK_ROWS // block
+        buffer = torch.empty(k * min(GEMM_CHUNK_ROWS, full), dtype=CPU_KERNEL_DTYPE) if library else None
         parts = []
-        for first in range(0, full // block, GEMM_CHUNK_ROWS // block):
-            chunk = blocks[first : first + GEMM_CHUNK_ROWS // block]  # (c, in, 32) bytes
-            c = chunk.shape[0]
-            # Row r of the chunk is lane r % 64 of block r // 64: the low nibbles hold lanes 0-31.
-            # Per block (in, 64) columns, each half dequantized on its own (measured fastest).
-            scale, offset = (
-                t.reshape(c, block, -1).transpose(1, 2).unsqueeze(2)  # (c, groups, 1, 64)
-                for t in self.group_scales(slice(first * block, (first + c) * block))
-            )
-            halves = []
-            for nibbles, lanes in ((chunk & 0xF, slice(0, block // 2)), (chunk >> 4, slice(block // 2, block))):
-                q = nibbles.to(CPU_KERNEL_DTYPE).view(c, -1, self.groupsize, block // 2)
-                halves.append(torch.addcmul(offset[..., lanes].contiguous(), q, scale[..., lanes].contiguous()))
-            weight = torch.cat(halves, dim=-1).view(c, k, block)
-            parts.append(torch.matmul(flat, weight).transpose(0, 1).reshape(flat.shape[0], -1))
+        for first in range(0, full // block, per_chunk):
+            last = min(first + per_chunk, full // block)
+            if library is None:
+                parts.append(self.torch_dequantized_product(flat, first, last))
+                continue
+            weight_t = buffer[: k * (last - first) * block].view(k, (last - first) * block)
+            library.dequant_int4_blocks(self.packed.data_ptr(), self.scales_and_zeros.data_ptr(), n, k,
+                                        self.groupsize, first, last, weight_t.data_ptr(),
+                                        torch.get_num_threads())  # fmt: skip
+            parts.append(torch.matmul(flat, weight_t))
         if n > full:  # the rows after the last full block
             q = unpack_cpu_int4(self.packed, n, k)[full:].to(CPU_KERNEL_DTYPE)
             scale, offset = self.group_scales(slice(full, n))
@@ -222,6 +249,25 @@ class Int4Linear(nn.Module):
             weight = torch.addcmul(offset.unsqueeze(-1), groups, scale.unsqueeze(-1)).reshape(n - full, k)
             parts.append(F.linear(flat, weight))
         return torch.cat(parts, dim=1)
+
+    def torch_dequantized_product(self, flat: torch.Tensor, first: int, last: int) -> torch.Tensor:
+        """flat times the full blocks first..last dequantized with torch ops (where the C library
+        cannot be built): (rows, 64 (last - first))."""
+        k, block = self.in_features, CPU_INT4_BLOCK
+        blocks = self.packed.reshape(-1)[: last * k * block // 2].view(last, k, block // 2)
+        chunk, c = blocks[first:last], last - first  # (c, in, 32) bytes
+        # Row r of the chunk is lane r % 64 of block r // 64: the low nibbles hold lanes 0-31.
+        # Per block (in, 64) columns, each half dequantized on its own (measured fastest).
+        scale, offset = (
+            t.reshape(c, block, -1).transpose(1, 2).unsqueeze(2)  # (c, groups, 1, 64)
+            for t in self.group_scales(slice(first * block, last * block))
+        )
+        halves = []
+        for nibbles, lanes in ((chunk & 0xF, slice(0, block // 2)), (chunk >> 4, slice(block // 2, block))):
+            q = nibbles.to(CPU_KERNEL_DTYPE).view(c, -1, self.groupsize, block // 2)
+            halves.append(torch.addcmul(offset[..., lanes].contiguous(), q, scale[..., lanes].contiguous()))
+        weight = torch.cat(halves, dim=-1).view(c, k, block)
+        return torch.matmul(flat, weight).transpose(0, 1).reshape(flat.shape[0], -1)
 
     def group_scales(self, rows: slice) -> tuple[torch.Tensor, torch.Tensor]:
         """(scale, offset) per row and group, so that w = q * scale + offset (offset = zero - 8 * scale)."""

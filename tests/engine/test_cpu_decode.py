@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 import engine.cpu_decode as cpu_decode
+from engine import c_library
 from engine.checkpoints import build_model
 from engine.compiled import disagreement, rounding_eps
 from engine.cpu_decode import CpuDecode, unsupported
@@ -67,13 +68,13 @@ def test_the_portable_loops_compute_what_the_eager_forward_does(monkeypatch, tmp
     # Without AVX-512 (an AVX2 EPYC, say) the bf16, int8 and int4 layers take the plain C loops,
     # not the AVX-512 dot-product instructions: built for x86-64-v3 here, they must agree too.
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
-    monkeypatch.setattr(cpu_decode, "_library", None)
+    monkeypatch.setattr(c_library, "_library", None)
     monkeypatch.setattr(
-        cpu_decode, "FLAGS", [f if f != "-march=native" else "-march=x86-64-v3" for f in cpu_decode.FLAGS]
+        c_library, "FLAGS", [f if f != "-march=native" else "-march=x86-64-v3" for f in c_library.FLAGS]
     )
     for dtype, quantization in (("bfloat16", "none"), ("bfloat16", "int8"), ("float32", "int4")):
         test_the_c_step_computes_what_the_eager_forward_does(dtype, quantization)
-    assert cpu_decode._library is not None and "x86-64-v3" in " ".join(cpu_decode.FLAGS)
+    assert c_library._library is not None and "x86-64-v3" in " ".join(c_library.FLAGS)
 
 
 def test_the_c_step_refuses_what_it_cannot_run():
@@ -101,29 +102,29 @@ def test_bad_positions_and_tokens_are_errors_not_crashes():
 
 def test_the_library_is_built_once_and_kept_privately(monkeypatch, tmp_path):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
-    monkeypatch.setattr(cpu_decode, "_library", None)
+    monkeypatch.setattr(c_library, "_library", None)
     cpu_decode.load_library()
     folder = tmp_path / "codellama-lsp" / "cpu-decode"
     (built,) = folder.glob("cpu_decode-*.so")
     assert oct(folder.stat().st_mode & 0o777) == "0o700"
     stamp = built.stat().st_mtime_ns
-    monkeypatch.setattr(cpu_decode, "_library", None)
+    monkeypatch.setattr(c_library, "_library", None)
     cpu_decode.load_library()
     assert built.stat().st_mtime_ns == stamp and list(folder.iterdir()) == [built]
 
 
 def test_without_a_compiler_the_reason_is_said(monkeypatch):
-    monkeypatch.setattr(cpu_decode, "_library", None)
-    monkeypatch.setattr(cpu_decode, "c_compiler", lambda: None)
+    monkeypatch.setattr(c_library, "_library", None)
+    monkeypatch.setattr(c_library, "c_compiler", lambda: None)
     with pytest.raises(RuntimeError, match="no C compiler"):
         CpuDecode(random_model(tiny_args(**ARGS)))
 
 
 def test_a_compiler_error_is_reported_and_leaves_nothing(monkeypatch, tmp_path):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
-    monkeypatch.setattr(cpu_decode, "_library", None)
-    monkeypatch.setattr(cpu_decode, "FLAGS", [*cpu_decode.FLAGS, "-DDOES_NOT_COMPILE", "-include", os.devnull + "x"])
-    with pytest.raises(RuntimeError, match=r"could not compile cpu_decode\.c"):
+    monkeypatch.setattr(c_library, "_library", None)
+    monkeypatch.setattr(c_library, "FLAGS", [*c_library.FLAGS, "-DDOES_NOT_COMPILE", "-include", os.devnull + "x"])
+    with pytest.raises(RuntimeError, match=r"could not compile cpu_decode\.c, cpu_dequant\.c"):
         cpu_decode.load_library()
     assert list((tmp_path / "codellama-lsp" / "cpu-decode").iterdir()) == []
 

@@ -260,7 +260,7 @@ def quantized_layer(mode: str, out_features: int = 96, in_features: int = 256):
 
 @pytest.mark.parametrize("mode", ["int8", "int4"])
 @pytest.mark.parametrize("gemm", [False, True])
-def test_prefill_runs_either_path_chosen_by_measurement(measured_here, monkeypatch, mode, gemm):
+def test_prefill_runs_either_path_chosen_by_measurement(measured_here, monkeypatch, mode, gemm, dequantized_by):
     """Prefill-sized inputs may run as a dequantized bf16 GEMM where that measured faster; both
     paths compute the same dequantized matmul, and decode (one row) always takes the kernel."""
     from engine.prefill_choice import PREFILL_ROWS, choice_key
@@ -271,28 +271,54 @@ def test_prefill_runs_either_path_chosen_by_measurement(measured_here, monkeypat
     measured_here._choices[choice_key(layer, len(x))] = gemm
     measured_here._loaded_for = measured_here.machine_key()
     used = []
-    for name in ("kernel", "bf16_gemm"):
+    for name in ("kernel", "gemm"):
         original = getattr(layer, name)
         monkeypatch.setattr(layer, name, lambda flat, f=original, n=name: used.append(n) or f(flat))
     # (bf16 rounding: the GEMM rounds the dequantized weight, the kernels keep it in fp32)
     torch.testing.assert_close(layer(x), expected, rtol=0.02, atol=0.05)
-    assert used == ["bf16_gemm" if gemm else "kernel"]
+    assert used == ["gemm" if gemm else "kernel"]
     used.clear()
     layer(x[:1])
     assert used == ["kernel"]
     measured_here._choices.clear()
     layer(x)  # a shape not measured yet: both run (warm-up and timing), then the faster one
-    assert choice_key(layer, len(x)) in measured_here._choices and set(used[1:5]) == {"kernel", "bf16_gemm"}
+    assert choice_key(layer, len(x)) in measured_here._choices and set(used[1:5]) == {"kernel", "gemm"}
+
+
+@pytest.fixture(params=["C", "torch"])
+def dequantized_by(request, monkeypatch):
+    """The prefill GEMMs' dequantization in C (engine/cpu_dequant.c) or, where the library cannot
+    be built, with torch ops."""
+    from engine import c_library, quantize
+
+    if request.param == "torch":
+        monkeypatch.setattr(c_library, "c_compiler", lambda: None)
+        monkeypatch.setattr(c_library, "_library", None)
+    quantize.dequant_library.cache_clear()
+    yield request.param
+    assert (quantize.dequant_library() is None) == (request.param == "torch")  # the path asked for ran
+    quantize.dequant_library.cache_clear()
 
 
 @pytest.mark.parametrize("out_features", [64, 80, 1088])  # whole blocks of 64 rows, and a tail of 16
-def test_int4_prefill_gemm_dequantizes_torchs_cpu_pack(out_features):
+def test_int4_prefill_gemm_dequantizes_torchs_cpu_pack(out_features, dequantized_by):
     from engine.quantize import cpu_int4_layout_known
 
     assert cpu_int4_layout_known()  # else the GEMM is never used (and this torch needs a look)
+    # (1088 rows: 17 blocks, in GEMM_CHUNK_ROWS chunks of 8, 8 and 1, then the tail)
     layer = quantized_layer("int4", out_features)
     x = torch.randn(40, 256, generator=torch.Generator().manual_seed(7)).bfloat16()
-    torch.testing.assert_close(layer.bf16_gemm(x).float(), layer.kernel(x).float(), rtol=0.02, atol=0.05)
+    torch.testing.assert_close(layer.gemm(x).float(), layer.kernel(x).float(), rtol=0.02, atol=0.05)
+    expected = x.float() @ dequantized("int4", out_features).T
+    torch.testing.assert_close(layer.gemm(x).float(), expected, rtol=0.02, atol=0.05)
+
+
+def test_int8_prefill_gemm_dequantizes_in_chunks(dequantized_by):
+    layer = quantized_layer("int8", 1100)  # 512 + 512 + 76 rows
+    x = torch.randn(40, 256, generator=torch.Generator().manual_seed(7)).bfloat16()
+    # The dequantized weight is rounded to bf16 as the torch ops round it: equal to their product.
+    weight = (layer.weight.bfloat16() * layer.scales[:, None]).float()
+    torch.testing.assert_close(layer.gemm(x).float(), (x.float() @ weight.T).bfloat16().float(), rtol=0.01, atol=0.02)
 
 
 def test_choices_are_measured_once_at_load_and_saved(measured_here, monkeypatch):

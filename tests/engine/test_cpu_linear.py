@@ -1,0 +1,82 @@
+"""fp32 projections on CPU whose prefill may take oneDNN's GEMM (engine.cpu_linear)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from engine.cpu_decode import CpuDecode
+from engine.cpu_linear import Fp32CpuLinear, onednn_linear_works, use_onednn_prefill
+from engine.generate import prefill
+from engine.model import KVCache
+from engine.prefill_choice import PREFILL_ROWS, choice_key
+from tests.fixtures import random_model, tiny_args
+
+pytestmark = pytest.mark.skipif(not onednn_linear_works(), reason="this torch has no oneDNN linear op")
+
+
+@pytest.fixture
+def choices(tmp_path, monkeypatch):
+    from engine import prefill_choice
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    prefill_choice.forget()
+    prefill_choice.load_choices()
+    yield prefill_choice._choices
+    prefill_choice.forget()
+
+
+def test_the_projections_are_swapped_and_the_output_layer_is_not():
+    model = random_model(tiny_args(dim=128, n_heads=4))
+    reference = random_model(tiny_args(dim=128, n_heads=4))
+    projections = sum(type(m) is nn.Linear for n, m in model.named_modules() if n != "lm_head")
+    assert use_onednn_prefill(model) == projections > 0
+    assert type(model.lm_head) is nn.Linear and type(model.model.layers[0].mlp.up_proj) is Fp32CpuLinear
+    assert model.state_dict().keys() == reference.state_dict().keys()
+    assert use_onednn_prefill(model) == 0  # (done already)
+    assert use_onednn_prefill(random_model(tiny_args(dim=128, n_heads=4)).bfloat16()) == 0  # fp32 only
+
+
+@pytest.mark.parametrize("gemm", [False, True])
+def test_either_choice_computes_the_linear(choices, monkeypatch, gemm):
+    layer = nn.Linear(256, 96, bias=False)
+    use_onednn_prefill(nn.Sequential(layer))
+    x = torch.randn(PREFILL_ROWS + 3, 256)
+    choices[choice_key(layer, len(x))] = gemm
+    used = []
+    for name in ("kernel", "gemm"):
+        original = getattr(layer, name)
+        monkeypatch.setattr(layer, name, lambda flat, f=original, n=name: used.append(n) or f(flat))
+    with torch.inference_mode():
+        got = layer(x.view(1, -1, 256))
+    torch.testing.assert_close(got, F.linear(x, layer.weight).view(1, -1, 96), rtol=1e-5, atol=1e-5)
+    assert used == (["gemm"] if gemm else [])  # (the default is F.linear itself)
+
+
+def test_training_takes_the_differentiable_path(choices):
+    layer = nn.Linear(256, 96, bias=False)
+    use_onednn_prefill(nn.Sequential(layer))
+    x = torch.randn(PREFILL_ROWS + 3, 256, requires_grad=True)
+    choices[choice_key(layer, len(x))] = True
+    layer(x).sum().backward()  # oneDNN's op has no backward: it must not have been used
+    torch.testing.assert_close(x.grad, layer.weight.sum(0).expand_as(x))
+
+
+def test_a_swapped_model_prefills_and_decodes_as_before(choices):
+    model = random_model(tiny_args(dim=128, n_heads=4), seed=3)
+    reference = random_model(tiny_args(dim=128, n_heads=4), seed=3)
+    use_onednn_prefill(model)
+    for layer in model.modules():
+        if isinstance(layer, Fp32CpuLinear):
+            for rows in (64, 32):
+                choices[choice_key(layer, rows)] = True
+    prompt = list(range(5, 75))
+    outputs = []
+    for m in (model, reference):
+        cache = KVCache(m.args, 128, slots=1)
+        logits, _ = prefill(m, prompt, 0, cache, 0)
+        outputs.append((logits, cache.keys[1].clone(), CpuDecode(m)(7, len(prompt), cache, 0)))
+    for got, expected in zip(*outputs, strict=True):
+        torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
