@@ -14,8 +14,8 @@
 
 /* Rows r0..r1 of an int8 (N, K) weight with bf16 scales (N) into out (r1 - r0, K), row-major:
  * w = q * scale, rounded to bf16 (as torch's q.to(bf16) * scale rounds it). */
-void dequant_int8_rows(const int8_t *restrict weight, const uint16_t *restrict scales, int64_t K, int64_t r0, int64_t r1,
-                       uint16_t *restrict out, int threads) {
+void dequant_int8_rows(const int8_t *restrict weight, const uint16_t *restrict scales, int64_t K,
+                       int64_t r0, int64_t r1, uint16_t *restrict out, int threads) {
 #pragma omp parallel for num_threads(threads) schedule(static)
     for (int64_t r = r0; r < r1; r++) {
         const int8_t *src = weight + r * K;
@@ -30,8 +30,9 @@ void dequant_int8_rows(const int8_t *restrict weight, const uint16_t *restrict s
  * zeros (K / G, N, 2), into out (K, 64 (b1 - b0)): the weight TRANSPOSED, column c holding row
  * 64 b0 + c, which is the order the pack already has its rows in (the GEMM takes either).
  * w = (q - 8) * scale + zero, rounded to bf16 once. */
-void dequant_int4_blocks(const uint8_t *restrict packed, const uint16_t *restrict scales_and_zeros, int64_t N, int64_t K, int64_t G,
-                         int64_t b0, int64_t b1, uint16_t *restrict out, int threads) {
+void dequant_int4_blocks(const uint8_t *restrict packed, const uint16_t *restrict scales_and_zeros,
+                         int64_t N, int64_t K, int64_t G, int64_t b0, int64_t b1, uint16_t *restrict out,
+                         int threads) {
     const int64_t ld = (b1 - b0) * 64, groups = K / G;
 #pragma omp parallel for collapse(2) num_threads(threads) schedule(static)
     for (int64_t g = 0; g < groups; g++) {
