@@ -144,7 +144,8 @@ class CpuDecode:
             norm=self._pointer(model.model.norm.weight), lm_head=self._linear(model.lm_head),
             layers=self._layers,
         )  # fmt: skip
-        self._plans: dict[int, tuple[CModel, tuple]] = {}
+        self._plans: dict[int, tuple[CModel, tuple, int]] = {}
+        """id(cache) -> (plan, what it points into, the threads its scratch is sized for)."""
         self._ids = (c_int64 * MAX_TOKENS)()
 
     def _pointer(self, t: torch.Tensor) -> int:
@@ -161,9 +162,13 @@ class CpuDecode:
         weight = layer.weight
         return CLinear(KINDS[weight.dtype], weight.shape[0], weight.shape[1], 0, self._pointer(weight), None)
 
-    def _plan(self, cache: KVCache) -> CModel:
-        """The model with this cache's addresses, RoPE tables long enough and scratch memory."""
+    def _plan(self, cache: KVCache, threads: int) -> CModel:
+        """The model with this cache's addresses, RoPE tables long enough and scratch memory for
+        `threads` threads (each has a share of the scratch: more threads than it was sized for,
+        after a torch.set_num_threads, get a new one rather than write past its end)."""
         key = id(cache)
+        if key in self._plans and self._plans[key][2] < threads:
+            del self._plans[key]
         if key not in self._plans:
             if cache.keys[0].dtype != self._dtype:
                 raise ValueError(f"a {cache.keys[0].dtype} KV cache for a {self._dtype} model")
@@ -174,12 +179,12 @@ class CpuDecode:
                 **self._base, rope_cos=cos.data_ptr(), rope_sin=sin.data_ptr(),
                 keys=(c_void_p * len(cache.keys))(*(k.data_ptr() for k in cache.keys)),
                 values=(c_void_p * len(cache.values))(*(v.data_ptr() for v in cache.values)),
-                cache_len=cache.max_seq_len, threads=max(1, torch.get_num_threads()),
+                cache_len=cache.max_seq_len, threads=threads,
             )  # fmt: skip
             scratch = torch.empty(self.library.cpu_decode_scratch_floats(ctypes.byref(plan)), dtype=torch.float32)
             plan.scratch = scratch.data_ptr()
             # What the plan points into lives as long as the plan: the cache, the tables, the scratch.
-            self._plans[key] = (plan, (cache, cos, sin, scratch))
+            self._plans[key] = (plan, (cache, cos, sin, scratch), threads)
         return self._plans[key][0]
 
     def forget(self, cache: KVCache) -> None:
@@ -202,8 +207,9 @@ class CpuDecode:
             )
         if not all(0 <= t < self.model.args.vocab_size for t in tokens):
             raise ValueError(f"a token outside the vocabulary of {self.model.args.vocab_size}: {tokens}")
-        plan = self._plan(cache)
-        plan.threads = torch.get_num_threads()
+        threads = max(1, torch.get_num_threads())
+        plan = self._plan(cache, threads)
+        plan.threads = threads  # (fewer than the scratch was sized for is fine)
         logits = torch.empty(len(tokens), self.model.args.vocab_size, dtype=torch.float32)
         for start in range(0, len(tokens), MAX_TOKENS):
             chunk = tokens[start : start + MAX_TOKENS]

@@ -3,6 +3,7 @@ cache slots, grouped-query attention, the cache written at pos, and refusals ins
 
 from __future__ import annotations
 
+import ctypes
 import os
 
 import pytest
@@ -153,3 +154,21 @@ def test_a_draft_is_checked_in_one_call_as_the_eager_pass_checks_it(dtype, quant
     assert disagreement(picks, list(expected), list(one_by_one), eps) == ""
     if quantization == "none":
         torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4)
+
+
+def test_more_threads_than_the_scratch_was_sized_for_get_a_new_scratch():
+    # Each thread has a share of the scratch: a torch.set_num_threads after the first call must
+    # not let the second thread write past its end.
+    model = model_in("float32", "none")
+    step, cache = CpuDecode(model), KVCache(model.args, 32, slots=1)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = step(5, 3, cache, 0)
+        torch.set_num_threads(3)
+        three = step(5, 3, cache, 0)
+        plan, kept, sized_for = step._plans[id(cache)]
+        assert sized_for == 3 and kept[-1].numel() >= step.library.cpu_decode_scratch_floats(ctypes.byref(plan))
+        torch.testing.assert_close(three, one)
+    finally:
+        torch.set_num_threads(threads)
