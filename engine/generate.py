@@ -30,10 +30,19 @@ __all__ = ["GenerationStats", "SamplingParams", "TokenStream", "decode_one_token
 PREFILL_CHUNK = 512
 
 
+def greedy(logits: torch.Tensor) -> int:
+    """The index of the largest logit (the first, on a tie, as torch.argmax picks it)."""
+    if logits.device.type == "cpu" and logits.dtype == torch.float32:
+        # numpy's argmax: 3 us against torch.argmax's 29 over Code Llama's 32,016 logits (torch's
+        # dispatch), a tenth of a token's time on the shipped model with the C decode step.
+        return int(logits.detach().numpy().argmax())
+    return int(torch.argmax(logits))
+
+
 def sample(logits: torch.Tensor, temperature: float, top_p: float, generator: torch.Generator | None) -> int:
     """Pick the next token from logits (vocab,): greedy at temperature 0, else top-p."""
     if temperature <= 0:
-        return int(torch.argmax(logits))
+        return greedy(logits)
     probs = torch.softmax(logits.float() / temperature, dim=-1)
     sorted_probs, order = torch.sort(probs, descending=True)
     # Keep the smallest set of tokens whose probability reaches top_p (always the first).

@@ -7,7 +7,7 @@ import threading
 import pytest
 import torch
 
-from engine.generate import SamplingParams, TokenStream, sample
+from engine.generate import SamplingParams, TokenStream, greedy, sample
 from engine.model import KVCache, Transformer
 from engine.prompts import build_infill_prompt
 from engine.session import InfillEngine
@@ -172,3 +172,13 @@ def test_breaking_out_without_a_reason_counts_as_cancelled(tokenizer):
             break
     assert stream.stats.stop_reason == "cancelled" and stream.stats.generated_tokens == 1
     assert engine.generate(prompt, SamplingParams(max_new_tokens=3)).stats.generated_tokens == 3  # engine free again
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_greedy_picks_what_torch_argmax_picks_ties_included(dtype):
+    generator = torch.Generator().manual_seed(11)
+    for _ in range(20):
+        logits = torch.randint(-3, 4, (1000,), generator=generator).to(dtype)  # many ties at the top
+        assert greedy(logits) == int(torch.argmax(logits))
+    row = torch.randn(3, 1000, generator=generator)[1, :900]  # a row of a verify's output, sliced
+    assert greedy(row) == int(torch.argmax(row))
