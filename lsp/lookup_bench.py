@@ -1,6 +1,6 @@
 """Speculative decoding by prompt lookup: does it pay on real edits?
 
-    python -m lsp.lookup_bench --repo PATH [--model PATH] [--commits 40] [--max-tasks 120]
+    python -m lsp.lookup_bench --repo PATH [--model PATH] [--commits 40] [--max-tasks 120] [--compile auto]
 
 Edits replayed from a repository's git history, as lsp.context_bench builds them (each
 hunk's last added line cut out, the file as it was at that moment, the commit's other files
@@ -8,7 +8,8 @@ open). Each task is completed twice in the same run, greedy, with prompt lookup 
 the same prompt and KV-cache state: once as the editor gets it (post-processed, the line or
 block), once raw (48 tokens, post-processing off, which is where drafting has room). Printed:
 decode tokens/s both ways and their ratio, the drafts' acceptance rate, and how many outputs
-were identical (they must all be).
+were identical (they must all be). The decode step is the server's (`--compile auto`: on CPU
+the C step where it runs the model and measures faster), so drafts are checked as served.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import time
 from pathlib import Path
 
 from engine.machine import describe_machine
-from engine.options import CompletionSettings
+from engine.options import COMPILE_MODES, CompletionSettings
 from engine.pipeline import Pipeline, Snapshot
 from lsp.context_bench import Task, commit_tasks, git
 from training.filters import FilterOptions
@@ -53,6 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--commits", type=int, default=40)
     parser.add_argument("--max-tasks", type=int, default=120)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--compile", choices=COMPILE_MODES, default="auto", help="the decode step, as the server's")
     args = parser.parse_args(argv)
 
     from engine.loader import load_engine
@@ -66,9 +68,10 @@ def main(argv: list[str] | None = None) -> int:
             continue
     tasks = tasks[: args.max_tasks]
     loaded = load_engine(args.model, "cpu", cache_slots=1, threads=args.threads)
+    report = loaded.engine.prepare_decode(args.compile)
     pipeline = Pipeline(loaded.engine)
     shown = CompletionSettings(max_tokens=64, time_budget_ms=120_000)
-    print(f"model: {loaded.describe()}")
+    print(f"model: {loaded.describe()}; {report.describe()}")
     print(f"machine: {describe_machine()}; {time.strftime('%Y-%m-%d')}; {args.threads} torch thread(s)")
     print(f"repository {args.repo}: {len(commits)} commits, {len(tasks)} tasks")
     print()
