@@ -222,12 +222,16 @@ def build_compiled_decode(
     use_private_compile_cache()
     if model.rope_cos.shape[0] < cache_len:
         model.reset_rope(cache_len)
-    scratch = KVCache(model.args, cache_len, 1, device, dtype)
     steps = min(CHECK_TOKENS, cache_len // 4)
     started = time.perf_counter()
     step = make_step(model, device)
-    fill = int(cache_len * WARM_UP_FILL) if step.attends_whole_cache else CHECK_PROMPT
-    prompt = [(7 * i + 3) % model.args.vocab_size for i in range(min(fill, cache_len - steps))]
+    if step.attends_whole_cache:  # compiled for this cache length: checked on one as long
+        fill, scratch_len = int(cache_len * WARM_UP_FILL), cache_len
+    else:  # the C step reads the filled positions only: a short scratch cache does (a full one
+        # would be gigabytes for a 7B at 4,096 positions, and all of it written)
+        fill, scratch_len = CHECK_PROMPT, min(cache_len, CHECK_PROMPT + steps)
+    scratch = KVCache(model.args, scratch_len, 1, device, dtype)
+    prompt = [(7 * i + 3) % model.args.vocab_size for i in range(min(fill, scratch_len - steps))]
     eager = lambda token, pos: decode_one_token(model, token, pos, scratch, 0)  # noqa: E731
     fast = lambda token, pos: step(token, pos, scratch, 0)  # noqa: E731
     with torch.inference_mode():

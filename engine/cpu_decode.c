@@ -303,7 +303,8 @@ static void int4_blocks(const uint8_t *packed, const uint16_t *sz, const Input *
                 __m256i c = _mm256_loadu_si256((const __m256i *)(block + (int64_t)(k + 1) * 32));
                 /* bytes j of a and c side by side: lanes j = 0-7, 16-23 (low), 8-15, 24-31 (high) */
                 __m256i low = _mm256_unpacklo_epi8(a, c), high = _mm256_unpackhi_epi8(a, c);
-                __m512i pair = _mm512_set1_epi32((int32_t)(uint16_t)x[k] | ((int32_t)x[k + 1] << 16));
+                uint32_t both = (uint32_t)(uint16_t)x[k] | (uint32_t)(uint16_t)x[k + 1] << 16;
+                __m512i pair = _mm512_set1_epi32((int32_t)both);
                 acc[0] = DPWSSD(acc[0], _mm512_cvtepu8_epi16(_mm256_and_si256(low, nibble)), pair);
                 acc[1] = DPWSSD(acc[1], _mm512_cvtepu8_epi16(_mm256_and_si256(high, nibble)), pair);
                 acc[2] = DPWSSD(acc[2], _mm512_cvtepu8_epi16(_mm256_and_si256(_mm256_srli_epi16(low, 4), nibble)), pair);

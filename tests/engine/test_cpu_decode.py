@@ -75,7 +75,8 @@ def test_the_portable_loops_compute_what_the_eager_forward_does(monkeypatch, tmp
     )
     for dtype, quantization in (("bfloat16", "none"), ("bfloat16", "int8"), ("float32", "int4")):
         test_the_c_step_computes_what_the_eager_forward_does(dtype, quantization)
-    assert c_library._library is not None and "x86-64-v3" in " ".join(c_library.FLAGS)
+    (built,) = (tmp_path / "codellama-lsp" / "cpu-decode").glob("cpu_decode-*.so")  # this build, not the cached one
+    assert str(built) == c_library._library._name
 
 
 def test_the_c_step_refuses_what_it_cannot_run():
@@ -172,3 +173,24 @@ def test_more_threads_than_the_scratch_was_sized_for_get_a_new_scratch():
         torch.testing.assert_close(three, one)
     finally:
         torch.set_num_threads(threads)
+
+
+def test_a_compiler_command_with_arguments_and_stale_files(monkeypatch, tmp_path):
+    # $CC may be a command line (`ccache gcc`); a build removes libraries of other sources and the
+    # temporary files of builds whose process died, and nothing else.
+    if c_library.c_compiler() is None:
+        pytest.skip("no C compiler here")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.setenv("CC", f"env {c_library.c_compiler()[0]}")
+    monkeypatch.setattr(c_library, "_library", None)
+    folder = tmp_path / "codellama-lsp" / "cpu-decode"
+    folder.mkdir(parents=True, mode=0o700)
+    stale, fresh, other = folder / ".cpu_decode-dead.so", folder / ".cpu_decode-building.so", folder / "notes.txt"
+    old = folder / "cpu_decode-0123456789abcdef0123.so"
+    for path in (stale, fresh, other, old):
+        path.write_text("x")
+    os.utime(stale, (0, 0))
+    c_library.load_library()
+    built = {path.name for path in folder.iterdir()}
+    assert not stale.exists() and not old.exists() and fresh.exists() and other.exists()
+    assert len([name for name in built if name.startswith("cpu_decode-")]) == 1
