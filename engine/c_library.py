@@ -103,9 +103,3 @@ def remove_stale(folder: Path) -> None:
                 temporary.unlink()
         except OSError:  # another process removed it first
             continue
-
-
-def forget() -> None:
-    """Load (or build) the library again at the next call (tests that change the flags)."""
-    global _library
-    _library = None

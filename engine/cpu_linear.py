@@ -15,7 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from engine.prefill_choice import PREFILL_ROWS, prefers_gemm
+from engine import prefill_choice
+from engine.prefill_choice import PREFILL_ROWS
 
 
 @functools.cache
@@ -40,7 +41,11 @@ class Fp32CpuLinear(nn.Linear):
 
     kind = "fp32"
     input_dtype = torch.float32
-    gemm_ok = True
+
+    @property
+    def gemm_ok(self) -> bool:
+        # Inference only: oneDNN's op has no backward (a LoRA fine-tune runs through F.linear).
+        return not torch.is_grad_enabled()
 
     def kernel(self, flat: torch.Tensor) -> torch.Tensor:
         return F.linear(flat, self.weight)
@@ -49,12 +54,7 @@ class Fp32CpuLinear(nn.Linear):
         return onednn_linear(flat, self.weight)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        flat = x.reshape(-1, self.in_features)
-        # Inference only: oneDNN's op has no backward (a LoRA fine-tune runs through F.linear).
-        if flat.shape[0] >= PREFILL_ROWS and not torch.is_grad_enabled() and not torch.compiler.is_compiling():
-            if prefers_gemm(self, flat):
-                return self.gemm(flat).reshape(*x.shape[:-1], self.out_features)
-        return F.linear(x, self.weight)
+        return prefill_choice.matmul(self, x.reshape(-1, self.in_features)).reshape(*x.shape[:-1], -1)
 
 
 def use_onednn_prefill(model: nn.Module) -> int:

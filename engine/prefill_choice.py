@@ -50,6 +50,8 @@ class PrefillChoiceLayer(Protocol):
     out_features: int
     in_features: int
     input_dtype: torch.dtype
+    gemm_ok: bool
+    """Whether the GEMM can run now (a layout this torch packs as expected; not while training)."""
 
     def kernel(self, flat: torch.Tensor) -> torch.Tensor:
         """The default path (the one decode always takes)."""
@@ -140,6 +142,15 @@ def prefers_gemm(layer: PrefillChoiceLayer, flat: torch.Tensor) -> bool:
     if key not in _choices:
         _choices[key] = measure(layer, flat)
     return _choices[key]
+
+
+def matmul(layer: PrefillChoiceLayer, flat: torch.Tensor) -> torch.Tensor:
+    """flat (rows, in) through layer: its kernel, or for a prefill its GEMM where that measured
+    faster here (never inside a compiled graph, which has its own kernels)."""
+    if flat.shape[0] >= PREFILL_ROWS and layer.gemm_ok and not torch.compiler.is_compiling():
+        if prefers_gemm(layer, flat):
+            return layer.gemm(flat)
+    return layer.kernel(flat)
 
 
 @torch.inference_mode()

@@ -26,9 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from engine import c_library
+from engine import c_library, prefill_choice
 from engine.options import BNB_QUANTIZATIONS, QUANTIZATIONS, TORCH_QUANTIZATIONS
-from engine.prefill_choice import PREFILL_ROWS, prefers_gemm
 
 __all__ = ["BNB_QUANTIZATIONS", "QUANTIZATIONS", "TORCH_QUANTIZATIONS"]
 log = logging.getLogger(__name__)
@@ -138,15 +137,6 @@ def int4_kernel_dtype(device: torch.device, dtype: torch.dtype) -> torch.dtype:
     return CPU_KERNEL_DTYPE if device.type == "cpu" else torch.bfloat16
 
 
-def cpu_matmul(layer: Int8Linear | Int4Linear, flat: torch.Tensor) -> torch.Tensor:
-    """flat (rows, in) bf16 through a quantized layer on CPU: its kernel, or for a prefill where
-    that measured faster here the dequantized weight's bf16 GEMM (engine.prefill_choice)."""
-    if flat.shape[0] >= PREFILL_ROWS and layer.gemm_ok and not torch.compiler.is_compiling():
-        if prefers_gemm(layer, flat):
-            return layer.gemm(flat)
-    return layer.kernel(flat)
-
-
 @functools.cache
 def dequant_library() -> ctypes.CDLL | None:
     """engine.c_library's dequantization (engine/cpu_dequant.c), or None where it cannot be built:
@@ -180,11 +170,10 @@ class Int8Linear(nn.Module):
         library, parts = dequant_library(), []
         chunk = torch.empty(min(GEMM_CHUNK_ROWS, self.out_features), self.in_features, dtype=CPU_KERNEL_DTYPE)
         for start in range(0, self.out_features, GEMM_CHUNK_ROWS):
-            rows = slice(start, start + GEMM_CHUNK_ROWS)
+            end = min(start + GEMM_CHUNK_ROWS, self.out_features)
             if library is None:
-                weight = self.weight[rows].to(CPU_KERNEL_DTYPE) * self.scales[rows, None]
+                weight = self.weight[start:end].to(CPU_KERNEL_DTYPE) * self.scales[start:end, None]
             else:
-                end = min(start + GEMM_CHUNK_ROWS, self.out_features)
                 weight = chunk[: end - start]
                 library.dequant_int8_rows(self.weight.data_ptr(), self.scales.data_ptr(), self.in_features,
                                           start, end, weight.data_ptr(), torch.get_num_threads())  # fmt: skip
@@ -194,7 +183,7 @@ class Int8Linear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.device.type == "cpu":
             flat = kernel_operand(x.reshape(-1, self.in_features).to(CPU_KERNEL_DTYPE))
-            return cpu_matmul(self, flat).to(x.dtype).reshape(*x.shape[:-1], -1)
+            return prefill_choice.matmul(self, flat).to(x.dtype).reshape(*x.shape[:-1], -1)
         # On CUDA the dequantize fuses into the matmul under torch.compile (gpt-fast).
         return F.linear(x, self.weight.to(x.dtype)) * self.scales
 
@@ -277,7 +266,7 @@ class Int4Linear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         flat = kernel_operand(x.reshape(-1, self.in_features).to(self.scales_and_zeros.dtype))
         if x.device.type == "cpu":
-            y = cpu_matmul(self, flat)
+            y = prefill_choice.matmul(self, flat)
         else:
             y = torch._weight_int4pack_mm(flat, self.packed, self.groupsize, self.scales_and_zeros)
         return y.to(x.dtype).reshape(*x.shape[:-1], -1)

@@ -214,11 +214,11 @@ def test_saved_quantized_checkpoint_runs_with_aligned_kernel_operands(
     aligned_kernels_only, full_precision, tmp_path, mode, monkeypatch
 ):
     """A quantized checkpoint is read back by mmap, where tensors sit at the file's offsets."""
-    from engine import quantize
+    from engine import prefill_choice
 
     # The kernels are what this is about: for 256 rows a layer may have measured its dequantized
     # GEMM faster here (with no kernel call left, the check below failed on such a machine).
-    monkeypatch.setattr(quantize, "prefers_gemm", lambda layer, flat: False)
+    monkeypatch.setattr(prefill_choice, "prefers_gemm", lambda layer, flat: False)
     model, folder = full_precision
     out = save_checkpoint(tmp_path / mode, model, folder / "tokenizer.model", quantize=mode)
     loaded, _, _ = load_model(out, "cpu")
