@@ -162,28 +162,75 @@ static void prepare(Input *in, const float *x, int n, int need) {
     }
 
 #if defined(__AVX512F__)
-/* A row at a time, four sums in flight: the weights then stream through memory in one sequence,
- * which the prefetchers follow at twice the rate of four rows side by side (Zen 4, 2 threads,
- * 36 layers of 1024x384: 40 against 17-20 GB/s). */
-static void gemv_f32(const float *w, const float *x, float *y, int K, int r0, int r1) {
-    for (int r = r0; r < r1; r++) {
-        const float *row = w + (int64_t)r * K;
-        __m512 a = _mm512_setzero_ps(), b = a, c = a, d = a;
-        int k = 0;
-        for (; k + 64 <= K; k += 64) {
-            a = _mm512_fmadd_ps(_mm512_loadu_ps(row + k), _mm512_loadu_ps(x + k), a);
-            b = _mm512_fmadd_ps(_mm512_loadu_ps(row + k + 16), _mm512_loadu_ps(x + k + 16), b);
-            c = _mm512_fmadd_ps(_mm512_loadu_ps(row + k + 32), _mm512_loadu_ps(x + k + 32), c);
-            d = _mm512_fmadd_ps(_mm512_loadu_ps(row + k + 48), _mm512_loadu_ps(x + k + 48), d);
+/* Keep a loaded vector in a register: without this GCC re-reads each weight vector from memory for
+ * every token it multiplies (it judged the registers too few), which made the loads, not the
+ * multiply-adds, the limit. */
+#define IN_REGISTER(v) __asm__("" : "+v"(v))
+
+/* Ask for the weights `rows_ahead` rows past `at` into L2. With several tokens' work per row the
+ * hardware prefetchers alone fell behind: two rows side by side for four tokens streamed 55 MB
+ * of fp32 weights at 8 GB/s, a row alone at 20 (Zen 4, one thread); with this, at 22 for both. */
+static inline void prefetch_rows_ahead(const void *at, int64_t row_bytes, int rows_ahead, int bytes) {
+    const char *p = (const char *)at + row_bytes * rows_ahead;
+    /* (locality 2: prefetcht1. GCC 12 dropped _mm_prefetch's prefetches in this file, this it keeps.) */
+    for (int line = 0; line < bytes; line += 64) __builtin_prefetch(p + line, 0, 2);
+}
+enum { PREFETCH_ROWS = 16 };
+
+/* y[t * ld + i] = W[row i] . x_t for NR <= 2 rows and NT <= 4 tokens (a draft checked at once),
+ * each weight vector loaded once for all the tokens and each x vector once for both rows: 12 loads
+ * for 16 multiply-adds, where a token at a time takes 2 loads for each. Every sum is taken in the
+ * same order whatever NR and NT (two sums in flight, 16 wide, the same tail and reduction), so a
+ * token checked in a draft gets the bits it gets decoded alone (gemv_f32 is this with one row and
+ * one token), and greedy output with prompt lookup is exactly that without it. NR and NT are
+ * constants where it is inlined: the arrays below then live in registers. */
+static inline __attribute__((always_inline)) void f32_block(const float *w, int K, const Input *in, float *y, int ld,
+                                                            const int NR, const int NT) {
+    __m512 a[2][4], b[2][4];
+    for (int i = 0; i < NR; i++)
+        for (int t = 0; t < NT; t++) a[i][t] = b[i][t] = _mm512_setzero_ps();
+    int k = 0;
+    for (; k + 32 <= K; k += 32) {
+        __m512 wa[2], wb[2];
+        for (int i = 0; i < NR; i++) {
+            const float *row = w + (int64_t)i * K + k;
+            if (NT > 1) prefetch_rows_ahead(row, (int64_t)K * 4, PREFETCH_ROWS, 128);
+            wa[i] = _mm512_loadu_ps(row), wb[i] = _mm512_loadu_ps(row + 16);
+            IN_REGISTER(wa[i]);
+            IN_REGISTER(wb[i]);
         }
-        for (; k + 16 <= K; k += 16) a = _mm512_fmadd_ps(_mm512_loadu_ps(row + k), _mm512_loadu_ps(x + k), a);
-        float sum = _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(a, b), _mm512_add_ps(c, d)));
-        for (; k < K; k++) sum += row[k] * x[k];
-        y[r - r0] = sum;
+        for (int t = 0; t < NT; t++) {
+            __m512 xa = _mm512_loadu_ps(in[t].f + k), xb = _mm512_loadu_ps(in[t].f + k + 16);
+            IN_REGISTER(xa);
+            IN_REGISTER(xb);
+            for (int i = 0; i < NR; i++) {
+                a[i][t] = _mm512_fmadd_ps(wa[i], xa, a[i][t]);
+                b[i][t] = _mm512_fmadd_ps(wb[i], xb, b[i][t]);
+            }
+        }
     }
+    for (; k + 16 <= K; k += 16)
+        for (int i = 0; i < NR; i++)
+            for (int t = 0; t < NT; t++)
+                a[i][t] = _mm512_fmadd_ps(_mm512_loadu_ps(w + (int64_t)i * K + k), _mm512_loadu_ps(in[t].f + k), a[i][t]);
+    for (int i = 0; i < NR; i++)
+        for (int t = 0; t < NT; t++) {
+            const float *row = w + (int64_t)i * K, *x = in[t].f;
+            float sum = _mm512_reduce_add_ps(_mm512_add_ps(a[i][t], b[i][t]));
+            for (int j = k; j < K; j++) sum += row[j] * x[j];
+            y[t * ld + i] = sum;
+        }
+}
+
+/* A row at a time: the weights then stream through memory in one sequence, which the prefetchers
+ * follow at twice the rate of four rows side by side (Zen 4, 2 threads, 36 layers of 1024x384:
+ * 40 against 17-20 GB/s). */
+static void gemv_f32(const float *w, const Input *in, float *y, int K, int r0, int r1) {
+    for (int r = r0; r < r1; r++) f32_block(w + (int64_t)r * K, K, in, y + (r - r0), 1, 1, 1);
 }
 #else
-static void gemv_f32(const float *w, const float *x, float *y, int K, int r0, int r1) {
+static void gemv_f32(const float *w, const Input *in, float *y, int K, int r0, int r1) {
+    const float *x = in->f;
 #define LOAD_F32(row, k) w[(int64_t)(row) * K + (k)]
     DOT4(LOAD_F32)
 }
@@ -191,24 +238,50 @@ static void gemv_f32(const float *w, const float *x, float *y, int K, int r0, in
 
 #if defined(__AVX512BF16__)
 /* bf16 x bf16 products summed in fp32 by the CPU's bf16 dot-product instruction, 32 a step:
- * 2.5-3x the converting loop below on a Zen 4 core. The products are exact, as in eager. */
-static void gemv_bf16(const uint16_t *w, const Input *in, float *y, int K, int r0, int r1) {
+ * 2.5-3x a converting loop on a Zen 4 core. The products are exact, as in eager. As f32_block:
+ * NR <= 2 rows by NT <= 4 tokens, every sum in one order whatever NR and NT. */
+static inline __attribute__((always_inline)) void bf16_block(const uint16_t *w, int K, const Input *in, float *y,
+                                                             int ld, const int NR, const int NT) {
     const int vectors = K / 32 * 32;
-    for (int r = r0; r < r1; r++) {
-        const uint16_t *row = w + (int64_t)r * K;
-        __m512 acc = _mm512_setzero_ps(), more = acc;
-        int k = 0;
-        for (; k + 64 <= vectors; k += 64) { /* two sums in flight */
-            acc = _mm512_dpbf16_ps(acc, (__m512bh)_mm512_loadu_si512(row + k), (__m512bh)_mm512_loadu_si512(in->bits + k));
-            more = _mm512_dpbf16_ps(more, (__m512bh)_mm512_loadu_si512(row + k + 32),
-                                    (__m512bh)_mm512_loadu_si512(in->bits + k + 32));
+    __m512 acc[2][4], more[2][4];
+    for (int i = 0; i < NR; i++)
+        for (int t = 0; t < NT; t++) acc[i][t] = more[i][t] = _mm512_setzero_ps();
+    int k = 0;
+    for (; k + 64 <= vectors; k += 64) { /* two sums in flight */
+        __m512i wa[2], wb[2];
+        for (int i = 0; i < NR; i++) {
+            const uint16_t *row = w + (int64_t)i * K + k;
+            if (NT > 1) prefetch_rows_ahead(row, (int64_t)K * 2, PREFETCH_ROWS, 128);
+            wa[i] = _mm512_loadu_si512(row), wb[i] = _mm512_loadu_si512(row + 32);
+            IN_REGISTER(wa[i]);
+            IN_REGISTER(wb[i]);
         }
-        for (; k < vectors; k += 32)
-            acc = _mm512_dpbf16_ps(acc, (__m512bh)_mm512_loadu_si512(row + k), (__m512bh)_mm512_loadu_si512(in->bits + k));
-        float a = _mm512_reduce_add_ps(_mm512_add_ps(acc, more));
-        for (int k = vectors; k < K; k++) a += bf16_to_f32(row[k]) * in->rounded[k];
-        y[r - r0] = a;
+        for (int t = 0; t < NT; t++) {
+            __m512i xa = _mm512_loadu_si512(in[t].bits + k), xb = _mm512_loadu_si512(in[t].bits + k + 32);
+            IN_REGISTER(xa);
+            IN_REGISTER(xb);
+            for (int i = 0; i < NR; i++) {
+                acc[i][t] = _mm512_dpbf16_ps(acc[i][t], (__m512bh)wa[i], (__m512bh)xa);
+                more[i][t] = _mm512_dpbf16_ps(more[i][t], (__m512bh)wb[i], (__m512bh)xb);
+            }
+        }
     }
+    for (; k < vectors; k += 32)
+        for (int i = 0; i < NR; i++)
+            for (int t = 0; t < NT; t++)
+                acc[i][t] = _mm512_dpbf16_ps(acc[i][t], (__m512bh)_mm512_loadu_si512(w + (int64_t)i * K + k),
+                                             (__m512bh)_mm512_loadu_si512(in[t].bits + k));
+    for (int i = 0; i < NR; i++)
+        for (int t = 0; t < NT; t++) {
+            const uint16_t *row = w + (int64_t)i * K;
+            float sum = _mm512_reduce_add_ps(_mm512_add_ps(acc[i][t], more[i][t]));
+            for (int j = vectors; j < K; j++) sum += bf16_to_f32(row[j]) * in[t].rounded[j];
+            y[t * ld + i] = sum;
+        }
+}
+
+static void gemv_bf16(const uint16_t *w, const Input *in, float *y, int K, int r0, int r1) {
+    for (int r = r0; r < r1; r++) bf16_block(w + (int64_t)r * K, K, in, y + (r - r0), 1, 1, 1);
 }
 #else
 static void gemv_bf16(const uint16_t *w, const Input *in, float *y, int K, int r0, int r1) {
@@ -384,6 +457,49 @@ static void gemv_int4(const uint8_t *packed, const uint16_t *sz, const Input *in
 #endif
 }
 
+/* One of f32_block / bf16_block with NR and NT as constants (each case is its own unrolled kernel). */
+#define BLOCK_CASES(BLOCK, W, NR, NT)                      \
+    switch ((NR) * 4 + (NT)) {                             \
+    case 5: BLOCK(W, K, in + t, out, ld, 1, 1); break;     \
+    case 6: BLOCK(W, K, in + t, out, ld, 1, 2); break;     \
+    case 7: BLOCK(W, K, in + t, out, ld, 1, 3); break;     \
+    case 8: BLOCK(W, K, in + t, out, ld, 1, 4); break;     \
+    case 9: BLOCK(W, K, in + t, out, ld, 2, 1); break;     \
+    case 10: BLOCK(W, K, in + t, out, ld, 2, 2); break;    \
+    case 11: BLOCK(W, K, in + t, out, ld, 2, 3); break;    \
+    default: BLOCK(W, K, in + t, out, ld, 2, 4); break;    \
+    }
+
+/* Rows r0..r1 of an fp32 or bf16 layer for T tokens, y[t * ld + r - r0]: two rows by up to four
+ * tokens at a time. Returns 0 where this build has no such kernel (the caller goes token by token). */
+static int tokens_rows(const Linear *l, const Input *in, int T, float *y, int ld, int r0, int r1) {
+    const int K = l->in;
+#if defined(__AVX512F__)
+    if (l->kind == KIND_F32) {
+        for (int r = r0; r < r1; r += 2)
+            for (int t = 0; t < T; t += 4) {
+                const float *rows = (const float *)l->weight + (int64_t)r * K;
+                float *out = y + (int64_t)t * ld + (r - r0);
+                BLOCK_CASES(f32_block, rows, r1 - r > 1 ? 2 : 1, T - t > 3 ? 4 : T - t)
+            }
+        return 1;
+    }
+#endif
+#if defined(__AVX512BF16__)
+    if (l->kind == KIND_BF16) {
+        for (int r = r0; r < r1; r += 2)
+            for (int t = 0; t < T; t += 4) {
+                const uint16_t *rows = (const uint16_t *)l->weight + (int64_t)r * K;
+                float *out = y + (int64_t)t * ld + (r - r0);
+                BLOCK_CASES(bf16_block, rows, r1 - r > 1 ? 2 : 1, T - t > 3 ? 4 : T - t)
+            }
+        return 1;
+    }
+#endif
+    (void)l, (void)in, (void)T, (void)y, (void)ld, (void)r0, (void)r1, (void)K;
+    return 0;
+}
+
 /* Rows r0..r1 of one linear layer for T tokens: y[t * ld + r - r0] = W[r] . in[t], rounded to bf16
  * where eager's output is bf16 (every layer but an fp32 one). A block of rows is multiplied by
  * every token before the next block is read, so a draft of several tokens reads the weights once. */
@@ -391,10 +507,15 @@ static void linear_rows(const Linear *l, const Input *in, int T, float *y, int l
     const int block = l->kind == KIND_INT4 ? 64 : 16;
     for (int b = r0; b < r1; b += block) {
         int e = b + block < r1 ? b + block : r1;
+        if (T > 1 && tokens_rows(l, in, T, y + (b - r0), ld, b, e)) {
+            if (l->kind != KIND_F32)
+                for (int t = 0; t < T; t++) round_all(y + (int64_t)t * ld + (b - r0), e - b);
+            continue;
+        }
         for (int t = 0; t < T; t++) {
             float *out = y + (int64_t)t * ld + (b - r0);
             switch (l->kind) {
-            case KIND_F32: gemv_f32(l->weight, in[t].f, out, l->in, b, e); continue;
+            case KIND_F32: gemv_f32(l->weight, &in[t], out, l->in, b, e); continue;
             case KIND_BF16: gemv_bf16(l->weight, &in[t], out, l->in, b, e); break;
             case KIND_INT8: gemv_int8(l->weight, l->scales, &in[t], out, l->in, b, e); break;
             default: gemv_int4(l->weight, l->scales, &in[t], out, l->out, l->in, l->groupsize, b, e); break;

@@ -157,6 +157,27 @@ def test_a_draft_is_checked_in_one_call_as_the_eager_pass_checks_it(dtype, quant
         torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4)
 
 
+@pytest.mark.parametrize(("dtype", "quantization"), FORMATS)
+def test_a_token_checked_in_a_draft_gets_the_bits_it_gets_decoded_alone(dtype, quantization):
+    # Drafts of 2..9 tokens (the multi-token kernels take them four at a time, then the rest) on
+    # widths with every tail of the kernels' loops (144 = 2 x 64 + 16, FFN 448 = 7 x 64, vocab
+    # 1008 = 15 x 64 + 48; int4 on 128): the same sums in the same order as one token at a time, so greedy
+    # output with prompt lookup is exactly that without it.
+    int4 = quantization == "int4"  # (whose layers need inputs in multiples of 128)
+    args = tiny_args(dim=128 if int4 else 144, n_heads=4, n_kv_heads=2, vocab_size=1008, hidden_dim=448)
+    reference = random_model(args, seed=5)
+    state = {k: v.clone() for k, v in reference.state_dict().items()}
+    model = build_model(args, state, torch.device("cpu"), getattr(torch, dtype), quantization)
+    step = CpuDecode(model)
+    cache = KVCache(args, 128, slots=1, dtype=getattr(torch, dtype))
+    prefill(model, list(range(10, 30)), 0, cache, 0)
+    for size in range(2, 10):
+        draft = [(37 * size + 11 * i) % 1008 for i in range(size)]
+        together = step.verify(draft, 20, cache, 0)
+        alone = torch.stack([step(token, 20 + i, cache, 0) for i, token in enumerate(draft)])
+        assert torch.equal(together, alone), f"a draft of {size}"
+
+
 def test_more_threads_than_the_scratch_was_sized_for_get_a_new_scratch():
     # Each thread has a share of the scratch: a torch.set_num_threads after the first call must
     # not let the second thread write past its end.
