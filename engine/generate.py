@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from engine.healing import HealingConstraint
-from engine.lookup import DRAFT_MAX, DRAFT_START, PromptLookup
+from engine.lookup import DRAFT_GROWTH, DRAFT_MAX, DRAFT_START, PromptLookup
 from engine.model import KVCache, Transformer
 from engine.sampling import GenerationStats, SamplingParams
 from engine.tokenizer import Tokenizer
@@ -181,7 +181,7 @@ class TokenStream:
                 self.drafted, self.accepted = self.drafted + len(draft), self.accepted + kept
                 # A check costs more the longer the draft (on a small model; on a big one, whose
                 # weights dominate, it is nearly free): draft what the recent drafts earned.
-                self.draft_size = min(DRAFT_MAX, self.draft_size + 2) if kept == len(draft) else max(1, kept)
+                self.draft_size = min(DRAFT_MAX, self.draft_size + DRAFT_GROWTH) if kept == len(draft) else max(1, kept)
                 for t in [token, *draft[:kept]]:
                     if not (yield from self._emit(t, fed=True)):
                         return
