@@ -36,11 +36,13 @@ def run(engine, prompt, lookup: bool, **params):
     return engine.generate(prompt, params)
 
 
-def test_a_draft_accepted_then_running_into_eot_gives_plain_output(scripted_checkpoint):
+def test_a_draft_accepted_then_running_into_eot_gives_plain_output(scripted_checkpoint, monkeypatch):
     engine = engine_for(scripted_checkpoint)
     tok = engine.tokenizer
     # The prompt already holds the script and more after it: the draft after "return" is
     # " a + b" (kept) and then what followed in the prompt (rejected: the model ends with <EOT>).
+    # A first draft long enough to run past " a + b" (the default, 3, ends right at it):
+    monkeypatch.setattr("engine.generate.DRAFT_START", 5)
     text = f"x = 1\n{SCRIPT}\n    print(x)\n"
     prompt = InfillPrompt([tok.bos_id, tok.prefix_id, tok.suffix_id, tok.middle_id, *tok.encode(text)])
     plain, fast = run(engine, prompt, False), run(engine, prompt, True)
