@@ -355,6 +355,15 @@ def ratio(ours: float, theirs: float, digits: int = 0) -> str:
     return f"{ours / theirs:.2f}x ({ours:.{digits}f} / {theirs:.{digits}f})"
 
 
+def summary(figures: list[str]) -> str:
+    """The rounds' ratios side by side; from three rounds on, their median and range instead
+    (a single round on this shared machine swung by up to 1.5x either way)."""
+    if len(figures) < 3:
+        return ", ".join(figures)
+    ratios = sorted(float(f.split("x")[0]) for f in figures)
+    return f"median {statistics.median(ratios):.2f}x ({ratios[0]:.2f}-{ratios[-1]:.2f}x, {len(ratios)} rounds)"
+
+
 def bench_llama_cpp(llama_dir: Path, model_path: Path, workdir: Path, compile: str, rounds: int = 2) -> list[list[str]]:
     """Rows: weights, then per round 'prefill ours / llama.cpp', 'decode ours / llama.cpp' after
     the ~520-token prompt and after a short one (~18 tokens), and a note."""
@@ -374,7 +383,7 @@ def bench_llama_cpp(llama_dir: Path, model_path: Path, workdir: Path, compile: s
             prefill.append(ratio(ours["prefill_tok_s"], theirs[0]))
             decode.append(ratio(ours["decode_tok_s"], theirs[1][ours["prompt_tokens"]], 1))
             short.append(ratio(ours["short_decode_tok_s"], theirs[1][ours["short_prompt_tokens"]], 1))
-        cells = [", ".join(figures) for figures in (prefill, decode, short)]
+        cells = [summary(figures) for figures in (prefill, decode, short)]
         rows.append([f"{label} vs {kind.upper()}", *cells, "; ".join(sorted(notes - {""}))])
     return rows
 
@@ -406,6 +415,7 @@ def main() -> None:
     parser.add_argument("--new-tokens", type=int, default=32)
     parser.add_argument("--skip", default="", help="comma-separated sections to skip: keys,decode,quant,cuda")
     parser.add_argument("--llama-cpp", type=Path, metavar="DIR", help="a built llama.cpp tree to compare with")
+    parser.add_argument("--rounds", type=int, default=2, help="llama.cpp section: rounds (from 3: median and range)")
     parser.add_argument(
         "--compile", default="auto", choices=COMPILE_MODES,
         help="quant and llama.cpp sections: also time the compiled decode step where it is used (as the server)",
@@ -473,10 +483,11 @@ def main() -> None:
         if args.llama_cpp is None:
             print("\n## llama.cpp: skipped (give --llama-cpp DIR, a llama.cpp tree with llama-bench built)")
         else:
-            rows = bench_llama_cpp(args.llama_cpp, path, Path(workdir), args.compile)
-            print(f"\n## ours / llama.cpp, same weights, {torch.get_num_threads()} threads each, two rounds")
+            rows = bench_llama_cpp(args.llama_cpp, path, Path(workdir), args.compile, args.rounds)
+            print(f"\n## ours / llama.cpp, same weights, {torch.get_num_threads()} threads each, {args.rounds} rounds")
             print("(prefill: a ~520-token prompt; decode: 64 tokens after that prompt, and after a ~18-token")
-            print("one; llama-bench -p/-n with -d at the same depths; tokens/s in brackets)")
+            shown = "tokens/s in brackets" if args.rounds < 3 else "each round's ratio from tokens/s"
+            print(f"one; llama-bench -p/-n with -d at the same depths; {shown})")
             headers = ["weights", "prefill ours / llama.cpp", "decode after the prompt", "decode after 18 tokens"]
             table([*headers, "note"], rows)
         if "cuda" not in skip and torch.cuda.is_available():

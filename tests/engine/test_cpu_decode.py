@@ -16,6 +16,7 @@ from engine.checkpoints import build_model
 from engine.compiled import disagreement, rounding_eps
 from engine.cpu_decode import CpuDecode, unsupported
 from engine.generate import decode_one_token, prefill, verify
+from engine.machine import cpu_flags
 from engine.model import KVCache
 from tests.fixtures import random_model, tiny_args
 
@@ -64,16 +65,18 @@ def test_the_c_step_computes_what_the_eager_forward_does(dtype, quantization):
         assert disagreement([int(e.argmax()) for e in eager], eager, fast, eps) == ""
 
 
-@pytest.mark.skipif(os.uname().machine != "x86_64", reason="builds for an older x86-64")
-def test_the_portable_loops_compute_what_the_eager_forward_does(monkeypatch, tmp_path):
-    # Without AVX-512 (an AVX2 EPYC, say) the bf16, int8 and int4 layers take the plain C loops,
-    # not the AVX-512 dot-product instructions: built for x86-64-v3 here, they must agree too.
+@pytest.mark.skipif(os.uname().machine != "x86_64", reason="builds for older x86-64 CPUs")
+@pytest.mark.parametrize(("march", "needs"), [("x86-64-v3", "avx2"), ("skylake-avx512", "avx512bw")])
+def test_the_portable_loops_compute_what_the_eager_forward_does(monkeypatch, tmp_path, march, needs):
+    # Without AVX-512 (an AVX2 EPYC, say) fp32 and bf16 layers take the AVX2 loops and int8 and
+    # int4 the plain C ones; with AVX-512 but not its bf16 instructions (a Skylake Xeon), bf16
+    # layers take the AVX2 loop. Built for such CPUs here, they must agree too.
+    if needs not in cpu_flags()[1]:
+        pytest.skip(f"a {march} build runs only on a CPU with {needs}")
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     monkeypatch.setattr(c_library, "_library", None)
-    monkeypatch.setattr(
-        c_library, "FLAGS", [f if f != "-march=native" else "-march=x86-64-v3" for f in c_library.FLAGS]
-    )
-    for dtype, quantization in (("bfloat16", "none"), ("bfloat16", "int8"), ("float32", "int4")):
+    monkeypatch.setattr(c_library, "FLAGS", [f if f != "-march=native" else f"-march={march}" for f in c_library.FLAGS])
+    for dtype, quantization in (("float32", "none"), ("bfloat16", "none"), ("bfloat16", "int8"), ("float32", "int4")):
         test_the_c_step_computes_what_the_eager_forward_does(dtype, quantization)
     (built,) = (tmp_path / "codellama-lsp" / "cpu-decode").glob("cpu_decode-*.so")  # this build, not the cached one
     assert str(built) == c_library._library._name
