@@ -177,7 +177,8 @@ static void prepare(Input *in, const float *x, int n, int need) {
  * hardware prefetchers alone fell behind: two rows side by side for four tokens streamed 55 MB
  * of fp32 weights at 8 GB/s, a row alone at 20 (Zen 4, one thread); with this, at 22 for both. */
 static inline void prefetch_rows_ahead(const void *at, int64_t row_bytes, int rows_ahead, int bytes) {
-    const char *p = (const char *)at + row_bytes * rows_ahead;
+    /* (Past a layer's last row this points past its weights: an integer until it is a hint.) */
+    const char *p = (const char *)((uintptr_t)at + (uintptr_t)(row_bytes * rows_ahead));
     /* (locality 2: prefetcht1. GCC 12 dropped _mm_prefetch's prefetches in this file, this it keeps.) */
     for (int line = 0; line < bytes; line += 64) __builtin_prefetch(p + line, 0, 2);
 }

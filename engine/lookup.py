@@ -19,9 +19,10 @@ DRAFT_START = 3
 DRAFT_GROWTH = 4
 DRAFT_MAX = 7
 """Draft length: TokenStream starts at DRAFT_START and adapts to what the drafts earn (grows by
-DRAFT_GROWTH while they are kept whole), up to DRAFT_MAX. With the token they follow, 4 or 8 are
-checked: the C decode step checks up to four tokens in one pass over the weights (on the shipped
-model, 2-core EPYC, one thread: 4 tokens cost 0.9-1.1x one, 5 cost 1.2x, 8 1.5x, 9 1.8x)."""
+DRAFT_GROWTH while they are kept whole), up to DRAFT_MAX. While drafts are kept whole, 4 or 8 tokens
+are checked with the token they follow: on AVX-512 the C decode step checks fp32 and bf16 rows four
+tokens to a pass over the weights (shipped model, 2-core EPYC, one thread: 4 tokens cost 0.9-1.1x
+one, 5 cost 1.2x, 8 1.5x, 9 1.8x). After a cut, a draft is what was kept, plus DRAFT_GROWTH."""
 
 
 class PromptLookup:

@@ -78,6 +78,7 @@ def test_the_portable_loops_compute_what_the_eager_forward_does(monkeypatch, tmp
     monkeypatch.setattr(c_library, "FLAGS", [f if f != "-march=native" else f"-march={march}" for f in c_library.FLAGS])
     for dtype, quantization in (("float32", "none"), ("bfloat16", "none"), ("bfloat16", "int8"), ("float32", "int4")):
         test_the_c_step_computes_what_the_eager_forward_does(dtype, quantization)
+        test_a_token_checked_in_a_draft_gets_the_bits_it_gets_decoded_alone(dtype, quantization)
     (built,) = (tmp_path / "codellama-lsp" / "cpu-decode").glob("cpu_decode-*.so")  # this build, not the cached one
     assert str(built) == c_library._library._name
 
