@@ -391,12 +391,39 @@ static void gemv_int8(const int8_t *w, const uint16_t *scales, const Input *in, 
 }
 #endif
 
+/* int4_blocks' sums of 16-bit multiply-adds, 64 rows of a block: with AVX512-BW four accumulators
+ * of 16 lanes, with AVX2 eight of 8 (each source vector's two 128-bit halves apart). Stored in
+ * that order, both put row j of a block in the same place of `sums` (see lane_of_row). */
 #if defined(__AVX512BW__)
+enum { INT4_ACCS = 4 };
+typedef __m512i Int4Acc;
+static inline Int4Acc int4_pair(uint32_t both) { return _mm512_set1_epi32((int32_t)both); }
+/* acc[s] += the 32 bytes of `bytes` as 16-bit pairs (one per row) times the activations' pair */
+static inline void int4_add(Int4Acc *acc, int s, __m256i bytes, Int4Acc pair) {
 #if defined(__AVX512VNNI__)
-#define DPWSSD(acc, a, b) _mm512_dpwssd_epi32(acc, a, b)
+    acc[s] = _mm512_dpwssd_epi32(acc[s], _mm512_cvtepu8_epi16(bytes), pair);
 #else
-#define DPWSSD(acc, a, b) _mm512_add_epi32(acc, _mm512_madd_epi16(a, b))
+    acc[s] = _mm512_add_epi32(acc[s], _mm512_madd_epi16(_mm512_cvtepu8_epi16(bytes), pair));
 #endif
+}
+static inline void int4_store(int32_t *sums, const Int4Acc *acc) {
+    for (int i = 0; i < INT4_ACCS; i++) _mm512_storeu_si512(sums + 16 * i, acc[i]);
+}
+#elif defined(__AVX2__)
+enum { INT4_ACCS = 8 };
+typedef __m256i Int4Acc;
+static inline Int4Acc int4_pair(uint32_t both) { return _mm256_set1_epi32((int32_t)both); }
+static inline void int4_add(Int4Acc *acc, int s, __m256i bytes, Int4Acc pair) {
+    __m256i low = _mm256_cvtepu8_epi16(_mm256_castsi256_si128(bytes)), high = _mm256_cvtepu8_epi16(_mm256_extracti128_si256(bytes, 1));
+    acc[2 * s] = _mm256_add_epi32(acc[2 * s], _mm256_madd_epi16(low, pair));
+    acc[2 * s + 1] = _mm256_add_epi32(acc[2 * s + 1], _mm256_madd_epi16(high, pair));
+}
+static inline void int4_store(int32_t *sums, const Int4Acc *acc) {
+    for (int i = 0; i < INT4_ACCS; i++) _mm256_storeu_si256((__m256i *)(sums + 8 * i), acc[i]);
+}
+#endif
+
+#if defined(__AVX512BW__) || defined(__AVX2__)
 /* Rows r0..r1 of torch's CPU int4 pack, for whole blocks of 64 rows, in 16-bit integers: the
  * bytes of inputs k and k + 1 interleaved, so that each 16-bit pair (q_k, q_k+1) of a row meets
  * the activations' pair (x_k, x_k+1) in one multiply-add (x as q16, as for int8). Twice the rows a
@@ -421,22 +448,22 @@ static void int4_blocks(const uint8_t *packed, const uint16_t *sz, const Input *
         const uint8_t *block = packed + (int64_t)b * K / 2; /* (K, 32) bytes */
         float rows[64] = {0};
         for (int g0 = 0; g0 < K; g0 += G) {
-            __m512i acc[4] = {_mm512_setzero_si512(), _mm512_setzero_si512(), _mm512_setzero_si512(),
-                              _mm512_setzero_si512()};
+            Int4Acc acc[INT4_ACCS];
+            for (int i = 0; i < INT4_ACCS; i++) acc[i] = int4_pair(0);
             for (int k = g0; k < g0 + G; k += 2) {
                 __m256i a = _mm256_loadu_si256((const __m256i *)(block + (int64_t)k * 32));
                 __m256i c = _mm256_loadu_si256((const __m256i *)(block + (int64_t)(k + 1) * 32));
                 /* bytes j of a and c side by side: lanes j = 0-7, 16-23 (low), 8-15, 24-31 (high) */
                 __m256i low = _mm256_unpacklo_epi8(a, c), high = _mm256_unpackhi_epi8(a, c);
                 uint32_t both = (uint32_t)(uint16_t)x[k] | (uint32_t)(uint16_t)x[k + 1] << 16;
-                __m512i pair = _mm512_set1_epi32((int32_t)both);
-                acc[0] = DPWSSD(acc[0], _mm512_cvtepu8_epi16(_mm256_and_si256(low, nibble)), pair);
-                acc[1] = DPWSSD(acc[1], _mm512_cvtepu8_epi16(_mm256_and_si256(high, nibble)), pair);
-                acc[2] = DPWSSD(acc[2], _mm512_cvtepu8_epi16(_mm256_and_si256(_mm256_srli_epi16(low, 4), nibble)), pair);
-                acc[3] = DPWSSD(acc[3], _mm512_cvtepu8_epi16(_mm256_and_si256(_mm256_srli_epi16(high, 4), nibble)), pair);
+                const Int4Acc pair = int4_pair(both);
+                int4_add(acc, 0, _mm256_and_si256(low, nibble), pair);
+                int4_add(acc, 1, _mm256_and_si256(high, nibble), pair);
+                int4_add(acc, 2, _mm256_and_si256(_mm256_srli_epi16(low, 4), nibble), pair);
+                int4_add(acc, 3, _mm256_and_si256(_mm256_srli_epi16(high, 4), nibble), pair);
             }
             int32_t sums[64];
-            for (int i = 0; i < 4; i++) _mm512_storeu_si512(sums + 16 * i, acc[i]);
+            int4_store(sums, acc);
             const uint16_t *group = sz + ((int64_t)(g0 / G) * N + b) * 2; /* (scale, zero) of each row */
             const float xsum = xsums[g0 / G];
 #pragma omp simd
@@ -496,11 +523,11 @@ static void int4_float(const uint8_t *packed, const uint16_t *sz, const Input *i
     }
 }
 
-/* Rows r0..r1 of an int4 layer: whole blocks by int4_blocks where the CPU has AVX512-BW, the rest
- * (and everything elsewhere) by the float loop. */
+/* Rows r0..r1 of an int4 layer: whole blocks by int4_blocks where the CPU has AVX512-BW or AVX2,
+ * the rest (and everything elsewhere) by the float loop. */
 static void gemv_int4(const uint8_t *packed, const uint16_t *sz, const Input *in, float *y, int N, int K, int G,
                       int r0, int r1) {
-#if defined(__AVX512BW__)
+#if defined(__AVX512BW__) || defined(__AVX2__)
     int full = N / 64 * 64, split = r1 < full ? r1 : full;
     if (r0 < split) int4_blocks(packed, sz, in, y, N, K, G, r0, split);
     if (r1 > full) int4_float(packed, sz, in, y + ((full > r0 ? full : r0) - r0), N, K, G, full > r0 ? full : r0, r1);
