@@ -355,12 +355,12 @@ def ratio(ours: float, theirs: float, digits: int = 0) -> str:
     return f"{ours / theirs:.2f}x ({ours:.{digits}f} / {theirs:.{digits}f})"
 
 
-def summary(figures: list[str]) -> str:
-    """The rounds' ratios side by side; from three rounds on, their median and range instead
-    (a single round on this shared machine swung by up to 1.5x either way)."""
-    if len(figures) < 3:
-        return ", ".join(figures)
-    ratios = sorted(float(f.split("x")[0]) for f in figures)
+def summary(rounds: list[tuple[float, float]], digits: int = 0) -> str:
+    """Each round's (ours, theirs) as a ratio, side by side; from three rounds on, their median and
+    range instead (a single round on this shared machine swung by up to 1.5x either way)."""
+    if len(rounds) < 3:
+        return ", ".join(ratio(ours, theirs, digits) for ours, theirs in rounds)
+    ratios = sorted(ours / theirs for ours, theirs in rounds)
     return f"median {statistics.median(ratios):.2f}x ({ratios[0]:.2f}-{ratios[-1]:.2f}x, {len(ratios)} rounds)"
 
 
@@ -380,10 +380,10 @@ def bench_llama_cpp(llama_dir: Path, model_path: Path, workdir: Path, compile: s
             depths = (ours["short_prompt_tokens"], ours["prompt_tokens"])
             theirs = llama_bench(llama_dir, files[label], threads, ours["prompt_tokens"], 64, depths)
             notes.add(theirs[2])
-            prefill.append(ratio(ours["prefill_tok_s"], theirs[0]))
-            decode.append(ratio(ours["decode_tok_s"], theirs[1][ours["prompt_tokens"]], 1))
-            short.append(ratio(ours["short_decode_tok_s"], theirs[1][ours["short_prompt_tokens"]], 1))
-        cells = [summary(figures) for figures in (prefill, decode, short)]
+            prefill.append((ours["prefill_tok_s"], theirs[0]))
+            decode.append((ours["decode_tok_s"], theirs[1][ours["prompt_tokens"]]))
+            short.append((ours["short_decode_tok_s"], theirs[1][ours["short_prompt_tokens"]]))
+        cells = [summary(prefill), summary(decode, 1), summary(short, 1)]
         rows.append([f"{label} vs {kind.upper()}", *cells, "; ".join(sorted(notes - {""}))])
     return rows
 

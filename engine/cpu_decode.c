@@ -27,12 +27,6 @@
 #include "cpu_bf16.h"
 #if defined(__AVX2__)
 #include <immintrin.h>
-
-static inline float sum_of_8(__m256 v) {
-    __m128 half = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-    half = _mm_hadd_ps(half, half);
-    return _mm_cvtss_f32(_mm_hadd_ps(half, half));
-}
 #endif
 
 enum { KIND_F32 = 0, KIND_BF16 = 1, KIND_INT8 = 2, KIND_INT4 = 3 };
@@ -167,6 +161,41 @@ static void prepare(Input *in, const float *x, int n, int need) {
         y[r - r0] = a;                                                                           \
     }
 
+#if defined(__AVX2__) && defined(__FMA__)
+static inline float sum_of_8(__m256 v) {
+    __m128 half = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    half = _mm_hadd_ps(half, half);
+    return _mm_cvtss_f32(_mm_hadd_ps(half, half));
+}
+
+/* 8 weights of a row from `k` as fp32: bf16 ones widened (a 16-bit shift). */
+static inline __m256 row_8(const void *row, int bf16, int k) {
+    if (bf16)
+        return _mm256_castsi256_ps(
+            _mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)((const uint16_t *)row + k))), 16));
+    return _mm256_loadu_ps((const float *)row + k);
+}
+
+/* Without AVX-512 (fp32 rows; bf16 rows also without AVX512-BF16): row . x a row at a time, four
+ * 8-wide sums in flight. The plain loops below, four rows side by side, ran the shipped model's
+ * token 2x (fp32) and 3.5x (bf16) slower, built for x86-64-v3 on the EPYC. `bf16` is a constant
+ * where it is inlined. */
+static inline __attribute__((always_inline)) float row_dot_avx2(const void *row, const int bf16, const float *x, int K) {
+    __m256 a = _mm256_setzero_ps(), b = a, c = a, d = a;
+    int k = 0;
+    for (; k + 32 <= K; k += 32) {
+        a = _mm256_fmadd_ps(row_8(row, bf16, k), _mm256_loadu_ps(x + k), a);
+        b = _mm256_fmadd_ps(row_8(row, bf16, k + 8), _mm256_loadu_ps(x + k + 8), b);
+        c = _mm256_fmadd_ps(row_8(row, bf16, k + 16), _mm256_loadu_ps(x + k + 16), c);
+        d = _mm256_fmadd_ps(row_8(row, bf16, k + 24), _mm256_loadu_ps(x + k + 24), d);
+    }
+    for (; k + 8 <= K; k += 8) a = _mm256_fmadd_ps(row_8(row, bf16, k), _mm256_loadu_ps(x + k), a);
+    float sum = sum_of_8(_mm256_add_ps(_mm256_add_ps(a, b), _mm256_add_ps(c, d)));
+    for (; k < K; k++) sum += load(row, bf16, k) * x[k];
+    return sum;
+}
+#endif
+
 #if defined(__AVX512F__)
 /* Keep a loaded vector in a register: without this GCC re-reads each weight vector from memory for
  * every token it multiplies (it judged the registers too few), which made the loads, not the
@@ -236,25 +265,8 @@ static void gemv_f32(const float *w, const Input *in, float *y, int K, int r0, i
     for (int r = r0; r < r1; r++) f32_block(w + (int64_t)r * K, K, in, y + (r - r0), 1, 1, 1);
 }
 #elif defined(__AVX2__) && defined(__FMA__)
-/* Without AVX-512: a row at a time, four 8-wide sums in flight (the plain loop below, four rows
- * side by side, ran the shipped model's fp32 token 1.9x slower, built for x86-64-v3 on the EPYC). */
 static void gemv_f32(const float *w, const Input *in, float *y, int K, int r0, int r1) {
-    const float *x = in->f;
-    for (int r = r0; r < r1; r++) {
-        const float *row = w + (int64_t)r * K;
-        __m256 a = _mm256_setzero_ps(), b = a, c = a, d = a;
-        int k = 0;
-        for (; k + 32 <= K; k += 32) {
-            a = _mm256_fmadd_ps(_mm256_loadu_ps(row + k), _mm256_loadu_ps(x + k), a);
-            b = _mm256_fmadd_ps(_mm256_loadu_ps(row + k + 8), _mm256_loadu_ps(x + k + 8), b);
-            c = _mm256_fmadd_ps(_mm256_loadu_ps(row + k + 16), _mm256_loadu_ps(x + k + 16), c);
-            d = _mm256_fmadd_ps(_mm256_loadu_ps(row + k + 24), _mm256_loadu_ps(x + k + 24), d);
-        }
-        for (; k + 8 <= K; k += 8) a = _mm256_fmadd_ps(_mm256_loadu_ps(row + k), _mm256_loadu_ps(x + k), a);
-        float sum = sum_of_8(_mm256_add_ps(_mm256_add_ps(a, b), _mm256_add_ps(c, d)));
-        for (; k < K; k++) sum += row[k] * x[k];
-        y[r - r0] = sum;
-    }
+    for (int r = r0; r < r1; r++) y[r - r0] = row_dot_avx2(w + (int64_t)r * K, 0, in->f, K);
 }
 #else
 static void gemv_f32(const float *w, const Input *in, float *y, int K, int r0, int r1) {
@@ -312,28 +324,8 @@ static void gemv_bf16(const uint16_t *w, const Input *in, float *y, int K, int r
     for (int r = r0; r < r1; r++) bf16_block(w + (int64_t)r * K, K, in, y + (r - r0), 1, 1, 1);
 }
 #elif defined(__AVX2__) && defined(__FMA__)
-/* 8 bf16 weights widened to fp32 (a 16-bit shift), as the AVX2 fp32 loop otherwise. */
-static inline __m256 widen_bf16(const uint16_t *p) {
-    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)p)), 16));
-}
-
 static void gemv_bf16(const uint16_t *w, const Input *in, float *y, int K, int r0, int r1) {
-    const float *x = in->rounded;
-    for (int r = r0; r < r1; r++) {
-        const uint16_t *row = w + (int64_t)r * K;
-        __m256 a = _mm256_setzero_ps(), b = a, c = a, d = a;
-        int k = 0;
-        for (; k + 32 <= K; k += 32) {
-            a = _mm256_fmadd_ps(widen_bf16(row + k), _mm256_loadu_ps(x + k), a);
-            b = _mm256_fmadd_ps(widen_bf16(row + k + 8), _mm256_loadu_ps(x + k + 8), b);
-            c = _mm256_fmadd_ps(widen_bf16(row + k + 16), _mm256_loadu_ps(x + k + 16), c);
-            d = _mm256_fmadd_ps(widen_bf16(row + k + 24), _mm256_loadu_ps(x + k + 24), d);
-        }
-        for (; k + 8 <= K; k += 8) a = _mm256_fmadd_ps(widen_bf16(row + k), _mm256_loadu_ps(x + k), a);
-        float sum = sum_of_8(_mm256_add_ps(_mm256_add_ps(a, b), _mm256_add_ps(c, d)));
-        for (; k < K; k++) sum += bf16_to_f32(row[k]) * x[k];
-        y[r - r0] = sum;
-    }
+    for (int r = r0; r < r1; r++) y[r - r0] = row_dot_avx2(w + (int64_t)r * K, 1, in->rounded, K);
 }
 #else
 static void gemv_bf16(const uint16_t *w, const Input *in, float *y, int K, int r0, int r1) {
@@ -549,29 +541,28 @@ static void gemv_int4(const uint8_t *packed, const uint16_t *sz, const Input *in
     default: BLOCK(W, K, in + t, out, ld, 2, 4); break;    \
     }
 
+/* Every row pair and token group of rows r0..r1 by BLOCK, the weights as TYPE. */
+#define BLOCKS(BLOCK, TYPE)                                                                  \
+    for (int r = r0; r < r1; r += 2)                                                         \
+        for (int t = 0; t < T; t += 4) {                                                     \
+            const TYPE *rows = (const TYPE *)l->weight + (int64_t)r * K;                     \
+            float *out = y + (int64_t)t * ld + (r - r0);                                     \
+            BLOCK_CASES(BLOCK, rows, r1 - r > 1 ? 2 : 1, T - t > 3 ? 4 : T - t)              \
+        }
+
 /* Rows r0..r1 of an fp32 or bf16 layer for T tokens, y[t * ld + r - r0]: two rows by up to four
  * tokens at a time. Returns 0 where this build has no such kernel (the caller goes token by token). */
 static int tokens_rows(const Linear *l, const Input *in, int T, float *y, int ld, int r0, int r1) {
     const int K = l->in;
 #if defined(__AVX512F__)
     if (l->kind == KIND_F32) {
-        for (int r = r0; r < r1; r += 2)
-            for (int t = 0; t < T; t += 4) {
-                const float *rows = (const float *)l->weight + (int64_t)r * K;
-                float *out = y + (int64_t)t * ld + (r - r0);
-                BLOCK_CASES(f32_block, rows, r1 - r > 1 ? 2 : 1, T - t > 3 ? 4 : T - t)
-            }
+        BLOCKS(f32_block, float)
         return 1;
     }
 #endif
 #if defined(__AVX512BF16__)
     if (l->kind == KIND_BF16) {
-        for (int r = r0; r < r1; r += 2)
-            for (int t = 0; t < T; t += 4) {
-                const uint16_t *rows = (const uint16_t *)l->weight + (int64_t)r * K;
-                float *out = y + (int64_t)t * ld + (r - r0);
-                BLOCK_CASES(bf16_block, rows, r1 - r > 1 ? 2 : 1, T - t > 3 ? 4 : T - t)
-            }
+        BLOCKS(bf16_block, uint16_t)
         return 1;
     }
 #endif

@@ -8,9 +8,10 @@ open). Each task is completed twice in the same run, greedy, with prompt lookup 
 the same prompt and KV-cache state: once as the editor gets it (post-processed, the line or
 block), once raw (48 tokens, post-processing off, which is where drafting has room). Printed:
 decode tokens/s both ways and their ratio, the drafts' acceptance rate, and how many outputs
-were identical (they must all be); for all the edits, for those where lookup applies (most of the
-completion repeats text of the prompt) and for the others. The decode step is the server's (`--compile auto`: on CPU
-the C step where it runs the model and measures faster), so drafts are checked as served.
+were identical (they must all be); for all the edits, for those where lookup applies (most of
+the completion repeats text of the prompt) and for the others. The decode step is the server's
+(`--compile auto`: on CPU the C step where it runs the model and measures faster), so drafts are
+checked as served.
 """
 
 from __future__ import annotations
