@@ -178,11 +178,16 @@ class Attention(nn.Module):
         slot: int,
         start_pos: int,
         mask: torch.Tensor | None,
+        last_only: bool = False,
     ) -> torch.Tensor:
-        B, T, _ = x.shape
-        q, k, v = self.project(x, cos, sin)
+        """The attention output (B, T, dim), or with `last_only` the last position's alone (B, 1, dim):
+        every position's keys and values are still computed (and cached), the other queries not."""
+        B = x.shape[0]
+        q, k, v = self.project(x, cos, sin, last_only)
         if cache is not None:
             k, v = cache.update(self.layer_id, slot, start_pos, k, v)  # (1, KVH, start_pos + T, hd)
+        if last_only:
+            mask = None  # the last query sees every key
         # Without a cache the sequence starts at 0, so SDPA's top-left causal mask is right;
         # with one, `mask` aligns queries to their absolute positions.
         y = F.scaled_dot_product_attention(
@@ -190,18 +195,25 @@ class Attention(nn.Module):
             k,
             v,
             attn_mask=mask,
-            is_causal=cache is None and T > 1,
+            is_causal=cache is None and q.shape[2] > 1,
             enable_gqa=self.n_kv_heads != self.n_heads,
         )
-        return self.o_proj(y.transpose(1, 2).reshape(B, T, -1))
+        return self.o_proj(y.transpose(1, 2).reshape(B, q.shape[2], -1))
 
-    def project(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """q (B, H, T, hd), k and v (B, KVH, T, hd) for x (B, T, dim), RoPE applied to q and k."""
+    def project(
+        self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, last_query_only: bool = False
+    ) -> tuple[torch.Tensor, ...]:
+        """q (B, H, T, hd), k and v (B, KVH, T, hd) for x (B, T, dim), RoPE applied to q and k
+        (q for the last position only, (B, H, 1, hd), with `last_query_only`)."""
         B, T, _ = x.shape
-        q = self.q_proj(x).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)
         k = self.k_proj(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
         v = self.v_proj(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
-        return apply_rope(q, cos, sin), apply_rope(k, cos, sin), v
+        if last_query_only:
+            x, q_cos, q_sin = x[:, -1:], cos[-1:], sin[-1:]
+        else:
+            q_cos, q_sin = cos, sin
+        q = self.q_proj(x).view(B, x.shape[1], self.n_heads, self.head_dim).transpose(1, 2)
+        return apply_rope(q, q_cos, q_sin), apply_rope(k, cos, sin), v
 
     def decode_static(
         self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, pos: torch.Tensor,
@@ -243,8 +255,11 @@ class DecoderLayer(nn.Module):
         self.input_layernorm = RMSNorm(args.dim, args.norm_eps)
         self.post_attention_layernorm = RMSNorm(args.dim, args.norm_eps)
 
-    def forward(self, x, cos, sin, cache, slot, start_pos, mask) -> torch.Tensor:
-        h = x + self.self_attn(self.input_layernorm(x), cos, sin, cache, slot, start_pos, mask)
+    def forward(self, x, cos, sin, cache, slot, start_pos, mask, last_only: bool = False) -> torch.Tensor:
+        """The layer's output (B, T, dim), or with `last_only` the last position's (B, 1, dim): the
+        keys and values of every position still go into the cache."""
+        attended = self.self_attn(self.input_layernorm(x), cos, sin, cache, slot, start_pos, mask, last_only)
+        h = (x[:, -1:] if last_only else x) + attended
         return h + self.mlp(self.post_attention_layernorm(h))
 
 
@@ -293,8 +308,10 @@ class Transformer(nn.Module):
     ) -> torch.Tensor:
         """Logits (B, T, vocab) for tokens (B, T) at positions start_pos.. (B must be 1 with a cache).
 
-        `last_only` computes the output layer for the last position only: a prefill needs
-        nothing else, and on a 2,000-token prompt that saves a vocab-sized matmul per token.
+        `last_only` computes the logits of the last position only, (B, 1, vocab): a prefill needs
+        nothing else. That saves a vocab-sized matmul per token, and in the last layer everything
+        but the keys and values (which the cache keeps) for every position but the last: its
+        queries, attention, output projection and MLP. (llama.cpp skips the same MLP rows.)
         """
         B, T = tokens.shape
         end = start_pos + T
@@ -311,13 +328,15 @@ class Transformer(nn.Module):
                 # Query i sits at absolute position start_pos + i and sees keys 0..start_pos + i.
                 mask = torch.ones(T, end, dtype=torch.bool, device=tokens.device).tril(diagonal=start_pos)
         h = self.model.embed_tokens(tokens)
-        for layer in self.model.layers:
+        last_layer = len(self.model.layers) - 1
+        for i, layer in enumerate(self.model.layers):
+            pruned = last_only and i == last_layer
             if self.gradient_checkpointing and self.training:
-                h = checkpoint(layer, h, cos, sin, cache, slot, start_pos, mask, use_reentrant=False)
+                h = checkpoint(layer, h, cos, sin, cache, slot, start_pos, mask, pruned, use_reentrant=False)
             else:
-                h = layer(h, cos, sin, cache, slot, start_pos, mask)
+                h = layer(h, cos, sin, cache, slot, start_pos, mask, pruned)
         if last_only:
-            h = h[:, -1:]
+            h = h[:, -1:]  # (a model without layers)
         return self.lm_head(self.model.norm(h))
 
     def decode_static(

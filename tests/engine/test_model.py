@@ -46,15 +46,45 @@ def test_cached_prefill_from_any_position_matches_full_forward():
     assert (cached - full).abs().max().item() <= 1e-5
 
 
-def test_last_only_returns_the_last_position():
-    args = tiny_args()
+@pytest.mark.parametrize("n_kv_heads", [4, 2], ids=["multi-head", "grouped-query"])
+def test_last_only_returns_the_last_position(n_kv_heads):
+    args = tiny_args(n_kv_heads=n_kv_heads)
     model = random_model(args)
     tokens = torch.randint(0, args.vocab_size, (1, 9))
     with torch.no_grad():
+        full = model(tokens)[0, -1]
+        without_cache = model(tokens, last_only=True)
         cache = KVCache(args, max_seq_len=16)
         last = model(tokens, 0, cache, last_only=True)
-    assert last.shape == (1, 1, args.vocab_size)
-    assert torch.allclose(last[0, -1], model(tokens)[0, -1], atol=1e-5)
+    assert last.shape == without_cache.shape == (1, 1, args.vocab_size)
+    assert torch.allclose(last[0, -1], full, atol=1e-5)
+    assert torch.allclose(without_cache[0, -1], full, atol=1e-5)
+
+
+def test_last_only_prefill_leaves_the_cache_a_full_prefill_leaves():
+    """The last layer computes one position's queries, attention and MLP, but every position's keys
+    and values: a later chunk and a decode step then see exactly what they see after a full prefill."""
+    args = tiny_args(n_kv_heads=2)
+    model = random_model(args)
+    tokens = torch.randint(0, args.vocab_size, (1, 30), generator=torch.Generator().manual_seed(2))
+    rows_into_last_mlp = []
+    model.model.layers[-1].mlp.register_forward_hook(
+        lambda module, inputs, out: rows_into_last_mlp.append(inputs[0].shape[1])
+    )
+    with torch.no_grad():
+        full_cache, pruned_cache = KVCache(args, max_seq_len=32), KVCache(args, max_seq_len=32)
+        model(tokens[:, :12], 0, full_cache)
+        model(tokens[:, 12:25], 12, full_cache)
+        model(tokens[:, :12], 0, pruned_cache, last_only=True)
+        last = model(tokens[:, 12:25], 12, pruned_cache, last_only=True)  # from a position > 0: the mask path
+        full = model(tokens[:, :25])[0, -1]
+        for cache in (full_cache, pruned_cache):
+            model(tokens[:, 25:], 25, cache)
+    assert rows_into_last_mlp == [12, 13, 1, 1, 25, 5, 5]
+    assert torch.allclose(last[0, -1], full, atol=1e-5)
+    for layer in range(args.n_layers):
+        assert torch.equal(pruned_cache.keys[layer], full_cache.keys[layer])
+        assert torch.equal(pruned_cache.values[layer], full_cache.values[layer])
 
 
 def test_code_llama_shapes():
