@@ -92,14 +92,41 @@ static void round_all(float *x, int n) {
 }
 
 
-/* [begin, end) of n items for thread t of nt, in whole units of `align` (the last takes the rest). */
-static void share(int n, int align, int t, int nt, int *begin, int *end) {
-    int units = (n + align - 1) / align;
-    *begin = (int)((int64_t)units * t / nt) * align;
-    *end = (int)((int64_t)units * (t + 1) / nt) * align;
-    if (*begin > n) *begin = n;
-    if (*end > n) *end = n;
+static inline int min_int(int a, int b) { return a < b ? a : b; }
+
+/* [begin, end) of n items for thread t of nt. */
+static void share(int n, int t, int nt, int *begin, int *end) {
+    *begin = (int)((int64_t)n * t / nt);
+    *end = (int)((int64_t)n * (t + 1) / nt);
 }
+
+/* A token's work is shared out a phase at a time (five a layer, then the output layer), in chunks.
+ * Each thread first takes the chunks of its own contiguous share, the same rows every token (they
+ * may still be in its cache), then what is left of the others' shares: a thread that the machine
+ * slows (a busy core, another VM on the host) no longer holds the others up at the barrier.
+ * 7B-sized layers, 2-core EPYC VM, median of 50 tokens: fp32 83.9 -> 75.2 ms, bf16 38.1 -> 33.9,
+ * int4 13.1 -> 10.8; the shipped model unchanged. (Plain dynamic scheduling balanced the big
+ * layers as well but cost the shipped model 10-20%: its rows moved between cores every token.)
+ * A chunk is a head, or 64 rows (256 of the output layer): whole blocks of the int4 pack. */
+typedef struct {
+    int taken;    /* chunks of this thread's share handed out so far */
+    char pad[60]; /* a cache line each: a thread takes from its own share without contention */
+} Share;
+
+/* The next chunk of [0, chunks) for thread id of nt, or -1 when none is left; `from` (0 at first)
+ * is how many shares, starting with the thread's own, it has found empty. */
+static int next_chunk(Share *shares, int chunks, int id, int nt, int *from) {
+    for (; *from < nt; ++*from) {
+        int owner = (id + *from) % nt, begin, end;
+        share(chunks, owner, nt, &begin, &end);
+        int chunk = begin + __atomic_fetch_add(&shares[owner].taken, 1, __ATOMIC_RELAXED);
+        if (chunk < end) return chunk;
+    }
+    return -1;
+}
+
+#define EACH_CHUNK(chunk, shares, chunks) \
+    for (int from_ = 0, chunk; (chunk = next_chunk(shares, chunks, id, nt, &from_)) >= 0;)
 
 /* One row of activations in every form a layer may take it (prepared once per phase, per thread). */
 typedef struct {
@@ -595,8 +622,6 @@ static void linear_rows(const Linear *l, const Input *in, int T, float *y, int l
     }
 }
 
-/* Row alignment when sharing a layer's rows between threads (int4 rows come in blocks of 64). */
-static int row_unit(const Linear *l) { return l->kind == KIND_INT4 ? 64 : 16; }
 
 /* out = RMSNorm(x) * weight, rounded where the model is bf16 (as the eager RMSNorm does). */
 static void rms_norm(const Model *m, const float *x, const void *weight, float *out) {
@@ -731,6 +756,8 @@ void cpu_decode_tokens(const Model *m, const int64_t *tokens, int T, int64_t pos
     for (int t = 0; t < T; t++)
         for (int i = 0; i < D; i++) x[t * D + i] = load(m->embed, m->bf16, tokens[t] * D + i);
 
+    Share shares[5 * m->n_layers + 1][m->threads]; /* per phase, per thread */
+    memset(shares, 0, sizeof shares);
 #pragma omp parallel num_threads(m->threads)
     {
         const int id = omp_get_thread_num(), nt = omp_get_num_threads();
@@ -742,17 +769,16 @@ void cpu_decode_tokens(const Model *m, const int64_t *tokens, int T, int64_t pos
             float *f = forms + (int64_t)t * 2 * W;
             in[t] = (Input){.rounded = f, .bits = (uint16_t *)(f + W), .q16 = (int16_t *)(f + W) + W};
         }
-        int begin, end;
         for (int layer = 0; layer < m->n_layers; layer++) {
             const Layer *L = m->layers + layer;
+            Share(*phase)[m->threads] = shares + 5 * layer;
             char *keys = (char *)m->keys[layer] + slot * slot_bytes, *values = (char *)m->values[layer] + slot * slot_bytes;
 
             /* q, k, v a head at a time (whole heads, so that RoPE has both halves): q into `q`,
              * k and v into the cache. Every thread normalises the residual for itself. */
             for (int t = 0; t < T; t++) rms_norm(m, x + t * D, L->input_norm, normed + t * W);
             prepare_all(in, T, normed, W, D, needs(&L->q) | needs(&L->k) | needs(&L->v));
-            share(H + 2 * KVH, 1, id, nt, &begin, &end);
-            for (int u = begin; u < end; u++) {
+            EACH_CHUNK(u, phase[0], H + 2 * KVH) {
                 const Linear *l = u < H ? &L->q : u < H + KVH ? &L->k : &L->v;
                 int h = u < H ? u : u < H + KVH ? u - H : u - H - KVH;
                 linear_rows(l, in, T, rows, HD, h * HD, (h + 1) * HD);
@@ -769,19 +795,16 @@ void cpu_decode_tokens(const Model *m, const int64_t *tokens, int T, int64_t pos
                 }
             }
 #pragma omp barrier
-            share(T * H, 1, id, nt, &begin, &end);
-            for (int u = begin; u < end; u++) attend(m, u % H, pos + u / H, keys, values, scores, q + u * HD);
+            EACH_CHUNK(u, phase[1], T * H) attend(m, u % H, pos + u / H, keys, values, scores, q + u * HD);
 #pragma omp barrier
             prepare_all(in, T, q, D, D, needs(&L->o));
-            share(D, row_unit(&L->o), id, nt, &begin, &end);
-            add_rows(m, &L->o, in, T, x, rows, begin, end);
+            EACH_CHUNK(c, phase[2], (D + 63) / 64) add_rows(m, &L->o, in, T, x, rows, 64 * c, min_int(64 * c + 64, D));
 #pragma omp barrier
             /* act = SiLU(gate(x')) * up(x'), x' the normalised residual */
             for (int t = 0; t < T; t++) rms_norm(m, x + t * D, L->post_norm, normed + t * W);
             prepare_all(in, T, normed, W, D, needs(&L->gate) | needs(&L->up));
-            share(m->hidden, row_unit(&L->gate), id, nt, &begin, &end);
-            for (int r = begin; r < end; r += 64) {
-                int stop = r + 64 < end ? r + 64 : end;
+            EACH_CHUNK(c, phase[3], (m->hidden + 63) / 64) {
+                int r = 64 * c, stop = min_int(r + 64, m->hidden);
                 float *gate = rows, *up = rows + MAX_TOKENS * 64;
                 linear_rows(&L->gate, in, T, gate, 64, r, stop);
                 linear_rows(&L->up, in, T, up, 64, r, stop);
@@ -796,13 +819,14 @@ void cpu_decode_tokens(const Model *m, const int64_t *tokens, int T, int64_t pos
             }
 #pragma omp barrier
             prepare_all(in, T, act, m->hidden, m->hidden, needs(&L->down));
-            share(D, row_unit(&L->down), id, nt, &begin, &end);
-            add_rows(m, &L->down, in, T, x, rows, begin, end);
+            EACH_CHUNK(c, phase[4], (D + 63) / 64) add_rows(m, &L->down, in, T, x, rows, 64 * c, min_int(64 * c + 64, D));
 #pragma omp barrier
         }
         for (int t = 0; t < T; t++) rms_norm(m, x + t * D, m->norm, normed + t * W);
         prepare_all(in, T, normed, W, D, needs(&m->lm_head));
-        share(m->vocab, row_unit(&m->lm_head), id, nt, &begin, &end);
-        if (begin < end) linear_rows(&m->lm_head, in, T, logits + begin, m->vocab, begin, end);
+        EACH_CHUNK(c, shares[5 * m->n_layers], (m->vocab + 255) / 256) {
+            int r = 256 * c;
+            linear_rows(&m->lm_head, in, T, logits + r, m->vocab, r, min_int(r + 256, m->vocab));
+        }
     }
 }

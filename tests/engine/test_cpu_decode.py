@@ -200,6 +200,26 @@ def test_more_threads_than_the_scratch_was_sized_for_get_a_new_scratch():
         torch.set_num_threads(threads)
 
 
+@pytest.mark.parametrize(("dtype", "quantization"), [("float32", "none"), ("bfloat16", "int4")])
+def test_every_thread_count_gets_the_same_bits(dtype, quantization):
+    """Threads share a token's rows in chunks and take what is left of each other's shares: every
+    chunk must be computed once, whoever computes it (more threads than chunks or cores too)."""
+    model = model_in(dtype, quantization)
+    step = CpuDecode(model)
+    threads = torch.get_num_threads()
+    results = {}
+    try:
+        for count in (1, 2, 3, 5):
+            torch.set_num_threads(count)
+            cache = KVCache(model.args, 64, slots=1, dtype=getattr(torch, dtype))
+            prefill(model, list(range(3, 20)), 0, cache, 0)
+            results[count] = torch.cat([step(7, 17, cache, 0)[None], step.verify([9, 4, 2, 8, 6], 18, cache, 0)])
+    finally:
+        torch.set_num_threads(threads)
+    for count, logits in results.items():
+        assert torch.equal(logits, results[1]), f"{count} threads"
+
+
 def test_a_compiler_command_with_arguments_and_stale_files(monkeypatch, tmp_path):
     # $CC may be a command line (`ccache gcc`); a build removes libraries of other sources and the
     # temporary files of builds whose process died, and nothing else.
