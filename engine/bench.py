@@ -167,13 +167,16 @@ def quant_worker(model_path: str, dtype: str, quantize: str, new_tokens: int, co
     prefix, suffix = source_around_function_end(tokenizer, 400, 100)
     engine.complete(prefix, suffix, params=SamplingParams(max_new_tokens=2))  # warm-up
     engine.reset_cache()
+    first = engine.complete(prefix, suffix, params=SamplingParams(max_new_tokens=1)).stats
+    engine.reset_cache()
     s = engine.complete(prefix, suffix, params=SamplingParams(max_new_tokens=new_tokens, prompt_lookup=False)).stats
     figures = {
         "load_s": load_s,
         # Read after generating: right after loading, mmapped safetensors weights are not yet
         # paged in, so the figure would miss most of them.
         "rss_mb": rss_mb(),
-        "prefill_tok_s": s.prefilled_tokens / s.prefill_s,
+        # the mean of two prefills, as llama-bench's -r 2 reports
+        "prefill_tok_s": statistics.mean(t.prefilled_tokens / t.prefill_s for t in (first, s)),
         "eager_decode_tok_s": decode_tok_s(s),
         "prompt_tokens": s.prompt_tokens,
     }

@@ -795,7 +795,9 @@ void cpu_decode_tokens(const Model *m, const int64_t *tokens, int T, int64_t pos
                 }
             }
 #pragma omp barrier
-            EACH_CHUNK(u, phase[1], T * H) attend(m, u % H, pos + u / H, keys, values, scores, q + u * HD);
+            /* a head's tokens one after another: its keys and values are then read from the
+             * cache once and from the core's own cache for the other tokens of a draft */
+            EACH_CHUNK(h, phase[1], H) for (int t = 0; t < T; t++) attend(m, h, pos + t, keys, values, scores, q + t * D + h * HD);
 #pragma omp barrier
             prepare_all(in, T, q, D, D, needs(&L->o));
             EACH_CHUNK(c, phase[2], (D + 63) / 64) add_rows(m, &L->o, in, T, x, rows, 64 * c, min_int(64 * c + 64, D));
