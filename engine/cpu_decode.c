@@ -109,9 +109,8 @@ static void share(int n, int t, int nt, int *begin, int *end) {
  * layers as well but cost the shipped model 10-20%: its rows moved between cores every token.)
  * A chunk is a head, or 64 rows (256 of the output layer): whole blocks of the int4 pack. */
 typedef struct {
-    int taken;    /* chunks of this thread's share handed out so far */
-    char pad[60]; /* a cache line each: a thread takes from its own share without contention */
-} Share;
+    _Alignas(64) int taken; /* chunks of this thread's share handed out so far */
+} Share;                    /* (a cache line each: a thread takes from its own share without contention) */
 
 /* The next chunk of [0, chunks) for thread id of nt, or -1 when none is left; `from` (0 at first)
  * is how many shares, starting with the thread's own, it has found empty. */
@@ -119,6 +118,7 @@ static int next_chunk(Share *shares, int chunks, int id, int nt, int *from) {
     for (; *from < nt; ++*from) {
         int owner = (id + *from) % nt, begin, end;
         share(chunks, owner, nt, &begin, &end);
+        if (__atomic_load_n(&shares[owner].taken, __ATOMIC_RELAXED) >= end - begin) continue; /* (no write to a line others read) */
         int chunk = begin + __atomic_fetch_add(&shares[owner].taken, 1, __ATOMIC_RELAXED);
         if (chunk < end) return chunk;
     }
@@ -718,11 +718,20 @@ static size_t per_thread_floats(const Model *m) {
     return (size_t)MAX_TOKENS * (3 * widest(m) + 3 * 64 + m->head_dim) + (size_t)m->cache_len;
 }
 
+/* The work-sharing counters: one per phase and thread, after everything else (cache-line aligned). */
+static Share *shares_in(const Model *m) {
+    const float *end = m->scratch + (size_t)MAX_TOKENS * (2 * m->dim + m->hidden) + (size_t)m->threads * per_thread_floats(m);
+    return (Share *)(((uintptr_t)end + 63) & ~(uintptr_t)63);
+}
+
+static size_t shares_bytes(const Model *m) { return (size_t)(5 * m->n_layers + 1) * m->threads * sizeof(Share); }
+
 size_t cpu_decode_scratch_floats(const Model *m) {
     return (size_t)MAX_TOKENS * (m->dim            /* x: the residual stream */
                                  + m->dim          /* q, then the attention output */
                                  + m->hidden)      /* SiLU(gate) * up */
-           + (size_t)m->threads * per_thread_floats(m);
+           + (size_t)m->threads * per_thread_floats(m)
+           + (shares_bytes(m) + 64) / sizeof(float); /* the counters, and room to align them */
 }
 
 /* Every token's input forms that `need` asks for, for rows of `width` activations, a token every `stride` floats. */
@@ -756,8 +765,8 @@ void cpu_decode_tokens(const Model *m, const int64_t *tokens, int T, int64_t pos
     for (int t = 0; t < T; t++)
         for (int i = 0; i < D; i++) x[t * D + i] = load(m->embed, m->bf16, tokens[t] * D + i);
 
-    Share shares[5 * m->n_layers + 1][m->threads]; /* per phase, per thread */
-    memset(shares, 0, sizeof shares);
+    Share(*shares)[m->threads] = (Share(*)[m->threads])shares_in(m); /* per phase, per thread */
+    memset(shares, 0, shares_bytes(m));
 #pragma omp parallel num_threads(m->threads)
     {
         const int id = omp_get_thread_num(), nt = omp_get_num_threads();
@@ -795,8 +804,8 @@ void cpu_decode_tokens(const Model *m, const int64_t *tokens, int T, int64_t pos
                 }
             }
 #pragma omp barrier
-            /* a head's tokens one after another: its keys and values are then read from the
-             * cache once and from the core's own cache for the other tokens of a draft */
+            /* a head's tokens one after another: its keys and values come from memory for the
+             * first token of a draft and from the core's L2 for the others */
             EACH_CHUNK(h, phase[1], H) for (int t = 0; t < T; t++) attend(m, h, pos + t, keys, values, scores, q + t * D + h * HD);
 #pragma omp barrier
             prepare_all(in, T, q, D, D, needs(&L->o));

@@ -335,8 +335,8 @@ class Transformer(nn.Module):
                 h = checkpoint(layer, h, cos, sin, cache, slot, start_pos, mask, pruned, use_reentrant=False)
             else:
                 h = layer(h, cos, sin, cache, slot, start_pos, mask, pruned)
-        if last_only:
-            h = h[:, -1:]  # (a model without layers)
+        if last_only and not self.model.layers:
+            h = h[:, -1:]
         return self.lm_head(self.model.norm(h))
 
     def decode_static(
