@@ -107,7 +107,11 @@ static void share(int n, int t, int nt, int *begin, int *end) {
  * 7B-sized layers, 2-core EPYC VM, median of 50 tokens: fp32 83.9 -> 75.2 ms, bf16 38.1 -> 33.9,
  * int4 13.1 -> 10.8; the shipped model unchanged. (Plain dynamic scheduling balanced the big
  * layers as well but cost the shipped model 10-20%: its rows moved between cores every token.)
- * A chunk is a head, or 64 rows (256 of the output layer): whole blocks of the int4 pack. */
+ * A chunk is a head, or CHUNK_ROWS rows (OUTPUT_CHUNK_ROWS of the output layer): whole blocks of
+ * the int4 pack. */
+enum { CHUNK_ROWS = 64, OUTPUT_CHUNK_ROWS = 256 };
+static int chunks_of(int rows, int size) { return (rows + size - 1) / size; }
+
 typedef struct {
     _Alignas(64) int taken; /* chunks of this thread's share handed out so far */
 } Share;                    /* (a cache line each: a thread takes from its own share without contention) */
@@ -125,6 +129,7 @@ static int next_chunk(Share *shares, int chunks, int id, int nt, int *from) {
     return -1;
 }
 
+/* (id and nt: the calling thread's, in cpu_decode_tokens' parallel region) */
 #define EACH_CHUNK(chunk, shares, chunks) \
     for (int from_ = 0, chunk; (chunk = next_chunk(shares, chunks, id, nt, &from_)) >= 0;)
 
@@ -622,7 +627,6 @@ static void linear_rows(const Linear *l, const Input *in, int T, float *y, int l
     }
 }
 
-
 /* out = RMSNorm(x) * weight, rounded where the model is bf16 (as the eager RMSNorm does). */
 static void rms_norm(const Model *m, const float *x, const void *weight, float *out) {
     float squares = 0;
@@ -718,12 +722,7 @@ static size_t per_thread_floats(const Model *m) {
     return (size_t)MAX_TOKENS * (3 * widest(m) + 3 * 64 + m->head_dim) + (size_t)m->cache_len;
 }
 
-/* The work-sharing counters: one per phase and thread, after everything else (cache-line aligned). */
-static Share *shares_in(const Model *m) {
-    const float *end = m->scratch + (size_t)MAX_TOKENS * (2 * m->dim + m->hidden) + (size_t)m->threads * per_thread_floats(m);
-    return (Share *)(((uintptr_t)end + 63) & ~(uintptr_t)63);
-}
-
+/* The work-sharing counters (one per phase and thread) take the end of the scratch, cache-line aligned. */
 static size_t shares_bytes(const Model *m) { return (size_t)(5 * m->n_layers + 1) * m->threads * sizeof(Share); }
 
 size_t cpu_decode_scratch_floats(const Model *m) {
@@ -765,7 +764,8 @@ void cpu_decode_tokens(const Model *m, const int64_t *tokens, int T, int64_t pos
     for (int t = 0; t < T; t++)
         for (int i = 0; i < D; i++) x[t * D + i] = load(m->embed, m->bf16, tokens[t] * D + i);
 
-    Share(*shares)[m->threads] = (Share(*)[m->threads])shares_in(m); /* per phase, per thread */
+    const uintptr_t after = (uintptr_t)(per_thread + (size_t)m->threads * per_thread_floats(m));
+    Share(*shares)[m->threads] = (Share(*)[m->threads])((after + 63) & ~(uintptr_t)63); /* per phase, per thread */
     memset(shares, 0, shares_bytes(m));
 #pragma omp parallel num_threads(m->threads)
     {
@@ -809,13 +809,14 @@ void cpu_decode_tokens(const Model *m, const int64_t *tokens, int T, int64_t pos
             EACH_CHUNK(h, phase[1], H) for (int t = 0; t < T; t++) attend(m, h, pos + t, keys, values, scores, q + t * D + h * HD);
 #pragma omp barrier
             prepare_all(in, T, q, D, D, needs(&L->o));
-            EACH_CHUNK(c, phase[2], (D + 63) / 64) add_rows(m, &L->o, in, T, x, rows, 64 * c, min_int(64 * c + 64, D));
+            EACH_CHUNK(c, phase[2], chunks_of(D, CHUNK_ROWS))
+                add_rows(m, &L->o, in, T, x, rows, CHUNK_ROWS * c, min_int(CHUNK_ROWS * (c + 1), D));
 #pragma omp barrier
             /* act = SiLU(gate(x')) * up(x'), x' the normalised residual */
             for (int t = 0; t < T; t++) rms_norm(m, x + t * D, L->post_norm, normed + t * W);
             prepare_all(in, T, normed, W, D, needs(&L->gate) | needs(&L->up));
-            EACH_CHUNK(c, phase[3], (m->hidden + 63) / 64) {
-                int r = 64 * c, stop = min_int(r + 64, m->hidden);
+            EACH_CHUNK(c, phase[3], chunks_of(m->hidden, CHUNK_ROWS)) {
+                int r = CHUNK_ROWS * c, stop = min_int(r + CHUNK_ROWS, m->hidden);
                 float *gate = rows, *up = rows + MAX_TOKENS * 64;
                 linear_rows(&L->gate, in, T, gate, 64, r, stop);
                 linear_rows(&L->up, in, T, up, 64, r, stop);
@@ -830,14 +831,15 @@ void cpu_decode_tokens(const Model *m, const int64_t *tokens, int T, int64_t pos
             }
 #pragma omp barrier
             prepare_all(in, T, act, m->hidden, m->hidden, needs(&L->down));
-            EACH_CHUNK(c, phase[4], (D + 63) / 64) add_rows(m, &L->down, in, T, x, rows, 64 * c, min_int(64 * c + 64, D));
+            EACH_CHUNK(c, phase[4], chunks_of(D, CHUNK_ROWS))
+                add_rows(m, &L->down, in, T, x, rows, CHUNK_ROWS * c, min_int(CHUNK_ROWS * (c + 1), D));
 #pragma omp barrier
         }
         for (int t = 0; t < T; t++) rms_norm(m, x + t * D, m->norm, normed + t * W);
         prepare_all(in, T, normed, W, D, needs(&m->lm_head));
-        EACH_CHUNK(c, shares[5 * m->n_layers], (m->vocab + 255) / 256) {
-            int r = 256 * c;
-            linear_rows(&m->lm_head, in, T, logits + r, m->vocab, r, min_int(r + 256, m->vocab));
+        EACH_CHUNK(c, shares[5 * m->n_layers], chunks_of(m->vocab, OUTPUT_CHUNK_ROWS)) {
+            int r = OUTPUT_CHUNK_ROWS * c;
+            linear_rows(&m->lm_head, in, T, logits + r, m->vocab, r, min_int(r + OUTPUT_CHUNK_ROWS, m->vocab));
         }
     }
 }
