@@ -17,6 +17,7 @@ import torch
 from engine.checkpoints import CheckpointInfo, load_model
 from engine.cpu_linear import use_onednn_prefill
 from engine.defaults import default_model_path
+from engine.huge_pages import use_huge_pages
 from engine.prefill_choice import tune as tune_prefill
 from engine.session import InfillEngine
 
@@ -80,6 +81,12 @@ def load_engine(
     # Positions past the trained length are out of the model's distribution.
     cache = max_seq_len if past_trained_length else max(64, min(max_seq_len, info.args.max_seq_len))
     engine = InfillEngine(module, tokenizer, max_seq_len=cache, cache_slots=cache_slots)
+    if engine.device.type == "cpu":
+        # Decode streams every weight once a token: in 2 MB pages that runs up to 1.4x faster.
+        moved_started = time.perf_counter()
+        if moved := use_huge_pages(module, [engine.cache.keys, engine.cache.values]):
+            log.info("%.0f MB of weights and cache in huge pages in %.1f s", moved / 2**20,
+                     time.perf_counter() - moved_started)  # fmt: skip
     return LoadedModel(
         engine=engine,
         info=info,
