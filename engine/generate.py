@@ -138,6 +138,7 @@ class TokenStream:
         self._logits: torch.Tensor | None = None
         self._pos = 0
         self._stop_ids = {t for t in (tok.eot_id, tok.eos_id) if t is not None and t >= 0}
+        self._stop_bytes = tuple(s.encode("utf-8") for s in params.stop if s)
         self._generator = None
         if params.temperature > 0:
             self._generator = torch.Generator(device=cache.keys[0].device)
@@ -200,12 +201,22 @@ class TokenStream:
         """Prompt-lookup draft to follow `token`, within the cache, the token limit and the vocabulary."""
         if self.lookup is None or (self.constraint is not None and self.constraint.active):
             return []
-        if token in self._stop_ids:
+        if self._ends_generation(token):
             return []
         room = min(self.cache.max_seq_len - self._pos - 1, self.params.max_new_tokens - len(self.tokens) - 1)
         draft = self.lookup.draft_after(token, max(0, min(room, self.draft_size)))
-        # never draft past an end token: the model's own pick after the draft may still be one
-        return draft[: next((i for i, t in enumerate(draft) if t in self._stop_ids), len(draft))]
+        # Never draft a token that ends generation: nothing after it is wanted, and the model's
+        # own pick after the draft may still be that token (then emitted without a pass).
+        return draft[: next((i for i, t in enumerate(draft) if self._ends_generation(t)), len(draft))]
+
+    def _ends_generation(self, token: int) -> bool:
+        """An end token, or one that holds a whole stop string (a completion shown up to the
+        line's end stops at the first newline: a single-line one's last draft used to be checked
+        after it, a pass whose every token was thrown away)."""
+        if token in self._stop_ids:
+            return True
+        piece = self.tok.token_bytes[token] if self._stop_bytes else b""
+        return any(stop in piece for stop in self._stop_bytes)
 
     def _emit(self, token: int, fed: bool) -> Generator[int, None, bool]:
         """Yield one generated token; False when generation ends (<EOT>/EOS, or a full cache).

@@ -7,12 +7,14 @@ import dataclasses
 
 import pytest
 
+from engine import generate
 from engine.checkpoints import load_model
 from engine.lookup import PromptLookup
 from engine.prompts import InfillPrompt
 from engine.sampling import SamplingParams
 from engine.session import InfillEngine
 from tests.lsp.helpers import SCRIPT
+from tests.lsp.scripted_model import write_scripted_checkpoint
 
 
 def test_the_draft_is_what_followed_the_latest_earlier_occurrence():
@@ -94,3 +96,26 @@ def test_drafts_stop_at_the_cache_and_the_token_limit(looping_checkpoint, room):
     small = InfillEngine(engine.model, tok, max_seq_len=len(prompt.tokens) + room + 1, cache_slots=1)
     assert run(small, prompt, True).text == run(small, prompt, False).text
     assert dataclasses.replace(SamplingParams(), temperature=0.5).prompt_lookup  # sampling ignores it: greedy only
+
+
+def test_no_pass_checks_a_token_after_the_stop_string(tokenizer_path, tmp_path, monkeypatch):
+    # A completion shown to the line's end stops at the first newline: a draft running past it,
+    # or a pass after a newline token, computes what is thrown away.
+    script = "total = a\nreturn b"
+    engine = engine_for(write_scripted_checkpoint(tmp_path / "model", tokenizer_path, script))
+    tok = engine.tokenizer
+    checked: list[list[int]] = []
+    real_verify = generate.verify
+    monkeypatch.setattr(
+        generate, "verify", lambda model, tokens, *a: checked.append(tokens) or real_verify(model, tokens, *a)
+    )
+    monkeypatch.setattr("engine.generate.DRAFT_START", 7)  # long enough to reach the newline and past it
+    text = f"{script}\n" * 4 + "#"  # after a token not in the script, the model starts it again
+    prompt = InfillPrompt([tok.bos_id, tok.prefix_id, tok.suffix_id, tok.middle_id, *tok.encode(text)])
+    plain, fast = run(engine, prompt, False, stop=("\n",)), run(engine, prompt, True, stop=("\n",))
+    assert fast.text == plain.text == "total = a"
+    assert fast.stats.accepted_tokens >= 2  # drafts were checked and kept...
+    newline = [t for t in range(tok.vocab_size) if b"\n" in tok.token_bytes[t]]
+    assert checked and not any(t in newline for tokens in checked for t in tokens)  # ...never with a newline
+    no_stop = run(engine, prompt, True)  # without the stop string, drafts run through newlines
+    assert no_stop.text.startswith(plain.text + "\n") and any(t in newline for tokens in checked for t in tokens)
