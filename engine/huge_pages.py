@@ -10,7 +10,8 @@ memory it asks for, and torch's allocator never asks (weights loaded from safete
 even the process's own memory but a private mapping of the file, which cannot have them). So
 after loading, each big tensor is copied into fresh anonymous memory that asked for them
 (MADV_HUGEPAGE before its first touch), and the model and KV cache point there. Where the
-kernel says no (not Linux, THP "never", no free huge page), the copy simply has 4 KB pages.
+kernel says no (not Linux, THP "never", no free huge page), the copy simply has 4 KB pages;
+where free memory is short, nothing moves (room_for).
 """
 
 from __future__ import annotations
@@ -63,12 +64,24 @@ def room_for(nbytes: int) -> bool:
     return available is None or available - nbytes >= max(MEMORY_MARGIN, available // 10)
 
 
+def owns_its_memory(tensor: torch.Tensor) -> bool:
+    """A contiguous CPU tensor that is all of its storage (not a view into a bigger one)."""
+    return (
+        tensor.device.type == "cpu"
+        and tensor.is_contiguous()
+        and tensor.storage_offset() == 0
+        and tensor.untyped_storage().nbytes() == tensor.nbytes
+    )
+
+
 def use_huge_pages(model: nn.Module, tensor_lists: Iterable[list[torch.Tensor]] = ()) -> int:
     """Give the model's CPU parameters and buffers, and the tensors of each list (a KV cache's
     keys, values), memory of their own: 2 MB pages for those of a whole page or more, plain
     memory for the rest (then nothing points into the checkpoint file's mapping any more, and it
-    is unmapped rather than kept beside the copies). Returns the bytes now in huge-page memory. A tensor reached twice
-    (tied weights) gets one copy, so what was shared stays shared. Nothing moves where the
+    is unmapped rather than kept beside the copies). Returns the bytes now in huge-page memory.
+
+    A tensor reached twice (tied weights) gets one copy, so what was shared stays shared; a view
+    into a bigger tensor stays where it is (copying it would keep both). Nothing moves where the
     copies would not leave room (room_for)."""
     tensor_lists = list(tensor_lists)
     everything = [*model.parameters(), *model.buffers(), *(t for tensors in tensor_lists for t in tensors)]
@@ -79,7 +92,7 @@ def use_huge_pages(model: nn.Module, tensor_lists: Iterable[list[torch.Tensor]] 
     done: set[int] = set()
 
     def moved(tensor: torch.Tensor) -> torch.Tensor:
-        if tensor.device.type != "cpu" or not tensor.is_contiguous() or tensor.data_ptr() in done:
+        if not owns_its_memory(tensor) or tensor.data_ptr() in done:
             return tensor
         key = (tensor.data_ptr(), tensor.dtype, tensor.shape)
         if key not in copies:

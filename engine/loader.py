@@ -82,7 +82,8 @@ def load_engine(
     cache = max_seq_len if past_trained_length else max(64, min(max_seq_len, info.args.max_seq_len))
     engine = InfillEngine(module, tokenizer, max_seq_len=cache, cache_slots=cache_slots)
     if engine.device.type == "cpu":
-        # Decode streams every weight once a token: in 2 MB pages that runs up to 1.4x faster.
+        # Decode streams every weight once a token: in 2 MB pages 7B-sized bf16 and int4 layers
+        # decoded 1.15x faster on a 2-core EPYC (engine/huge_pages.py).
         moved_started = time.perf_counter()
         if moved := use_huge_pages(module, [engine.cache.keys, engine.cache.values]):
             log.info("%.0f MB of weights and cache in huge pages in %.1f s", moved / 2**20,

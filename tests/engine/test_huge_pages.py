@@ -83,7 +83,7 @@ def test_the_model_computes_the_same_after_moving_and_ties_stay_tied():
 
 @linux_only
 def test_nothing_points_into_the_checkpoint_file_after_moving(tiny_checkpoint):
-    model, tokenizer, _ = load_model(tiny_checkpoint, "cpu", "float32")
+    model, _, _ = load_model(tiny_checkpoint, "cpu", "float32")
     weights = tiny_checkpoint / "model.safetensors"
     assert file_mappings(weights) > 0  # safetensors maps the file; the weights are that mapping
     use_huge_pages(model)
@@ -106,6 +106,15 @@ def test_load_engine_moves_weights_and_cache_and_completes_as_before(tiny_checkp
     calls = []
     monkeypatch.setattr("engine.loader.use_huge_pages", lambda *a: calls.append(a) or use_huge_pages(*a))
     loaded = load_engine(tiny_checkpoint, "cpu", "float32", max_seq_len=256, cache_slots=1)
-    (module, (keys, values)), = calls
+    ((module, (keys, values)),) = calls
     assert module is loaded.engine.model and keys is loaded.engine.cache.keys and values is loaded.engine.cache.values
     assert loaded.engine.complete("def f(x):\n    return ", "\n").text == expected.text
+
+
+def test_a_view_into_a_bigger_tensor_stays_where_it_is():
+    model = random_model(tiny_args(dim=512, hidden_dim=1024))
+    base = torch.randn(2 * HUGE_PAGE // 4)
+    view = base[: HUGE_PAGE // 4]
+    lists = [[view]]
+    use_huge_pages(model, lists)
+    assert lists[0][0] is view  # copying it would keep its memory twice (base still holds it)
