@@ -651,8 +651,12 @@ static void rope(const Model *m, float *v, int64_t pos) {
     if (m->bf16) round_all(v, m->head_dim);
 }
 
-/* q . k for one cached position: the compiler's reduction epilogue for a loop this short costs
- * as much as the loop, so with AVX-512 (and a head a multiple of 16 wide) it is written out. */
+/* q . k for one cached position, its sum always in one order. Left to the compiler (`omp simd`,
+ * which lets it reorder the sum), the loop inlined in attend's loop over a draft's tokens summed a
+ * token in another order than the same token alone (an x86-64-v3 build, head_dim 36; which of
+ * GCC's choices differed was not pinned down). So: written out for whole vectors (the compiler's
+ * reduction epilogue for a loop this short also cost as much as the loop), else a plain loop, which
+ * the compiler may vectorise only in order. */
 static inline float dot_f32(const float *q, const float *k, int n) {
 #if defined(__AVX512F__)
     if (n % 16 == 0) {
@@ -661,8 +665,14 @@ static inline float dot_f32(const float *q, const float *k, int n) {
         return _mm512_reduce_add_ps(acc);
     }
 #endif
+#if defined(__AVX2__) && defined(__FMA__)
+    if (n % 8 == 0) {
+        __m256 acc = _mm256_setzero_ps();
+        for (int i = 0; i < n; i += 8) acc = _mm256_fmadd_ps(_mm256_loadu_ps(q + i), _mm256_loadu_ps(k + i), acc);
+        return sum_of_8(acc);
+    }
+#endif
     float dot = 0;
-#pragma omp simd reduction(+ : dot)
     for (int i = 0; i < n; i++) dot += q[i] * k[i];
     return dot;
 }
@@ -678,48 +688,85 @@ static inline float dot_bf16(const float *q, const uint16_t *k, int n) {
         return _mm512_reduce_add_ps(acc);
     }
 #endif
+#if defined(__AVX2__) && defined(__FMA__)
+    if (n % 8 == 0) {
+        __m256 acc = _mm256_setzero_ps();
+        for (int i = 0; i < n; i += 8) acc = _mm256_fmadd_ps(_mm256_loadu_ps(q + i), row_8(k, 1, i), acc);
+        return sum_of_8(acc);
+    }
+#endif
     float dot = 0;
-#pragma omp simd reduction(+ : dot)
     for (int i = 0; i < n; i++) dot += q[i] * bf16_to_f32(k[i]);
     return dot;
 }
 
-/* Attention of query head h (its q already rotated, in `out`) over positions 0..last of its
- * key/value head; s: room for last + 1 scores. */
-static void attend(const Model *m, int h, int64_t last, const void *keys, const void *values, float *s, float *out) {
+/* s[p] = exp(s[p] - most) for p < n, returning their sum. Not inlined: one copy of the loop, so
+ * its order (vectorised, peeled by alignment) depends on n and s alone, whichever token calls. */
+static __attribute__((noinline)) float exp_and_sum(float *s, int64_t n, float most) {
+    float sum = 0;
+#pragma omp simd reduction(+ : sum)
+    for (int64_t p = 0; p < n; p++) sum += (s[p] = exp_approx(s[p] - most));
+    return sum;
+}
+
+/* Floats between two tokens' attention scores: whole cache lines, so that every token's scores
+ * sit as the first token's do (a vectorised sum may peel its loop by alignment). */
+static int64_t score_stride(const Model *m) { return (m->cache_len + 15) / 16 * 16; }
+
+/* Attention of query head h for T tokens at positions first..first + T - 1, token t seeing
+ * positions 0..first + t of its key/value head. Token t's rotated query is at q + t * ld on entry,
+ * its output there on return. Each key and value row is read once for all the tokens (checking a
+ * draft of T reads the cache as often as one token does), and each token's sums are taken in the
+ * order they are alone: the same bits as decoding it by itself. work: T x score_stride scores,
+ * then T x head_dim output sums (attention_floats). */
+static void attend(const Model *m, int h, int T, int64_t first, const void *keys, const void *values, float *work,
+                   float *q, int ld) {
     const int HD = m->head_dim;
+    const int64_t stride = score_stride(m);
+    float *s = work, *sums = work + MAX_TOKENS * stride;
     const int64_t base = (int64_t)(h / (m->n_heads / m->n_kv_heads)) * m->cache_len * HD;
-    const float scale = 1.0f / sqrtf((float)HD), *q = out;
-    float top = -INFINITY, total = 0;
-    for (int64_t p = 0; p <= last; p++) {
-        s[p] = (m->bf16 ? dot_bf16(q, (const uint16_t *)keys + base + p * HD, HD)
-                        : dot_f32(q, (const float *)keys + base + p * HD, HD)) * scale;
-        top = s[p] > top ? s[p] : top;
-    }
-#pragma omp simd reduction(+ : total)
-    for (int64_t p = 0; p <= last; p++) total += (s[p] = exp_approx(s[p] - top));
-    float acc[MAX_HEAD_DIM] = {0};
-    for (int64_t p = 0; p <= last; p++) {
-        float w = s[p] / total;
-        if (m->bf16) {
-            const uint16_t *v = (const uint16_t *)values + base + p * HD;
-#pragma omp simd
-            for (int i = 0; i < HD; i++) acc[i] += w * bf16_to_f32(v[i]);
-        } else {
-            const float *v = (const float *)values + base + p * HD;
-#pragma omp simd
-            for (int i = 0; i < HD; i++) acc[i] += w * v[i];
+    const float scale = 1.0f / sqrtf((float)HD);
+    float top[MAX_TOKENS], total[MAX_TOKENS];
+    for (int t = 0; t < T; t++) top[t] = -INFINITY, total[t] = 0;
+    for (int64_t p = 0; p < first + T; p++) {
+        const void *key = m->bf16 ? (const void *)((const uint16_t *)keys + base + p * HD)
+                                  : (const void *)((const float *)keys + base + p * HD);
+        for (int t = p > first ? (int)(p - first) : 0; t < T; t++) { /* the tokens that see p */
+            const float *query = q + (int64_t)t * ld;
+            float score = (m->bf16 ? dot_bf16(query, key, HD) : dot_f32(query, key, HD)) * scale;
+            s[t * stride + p] = score;
+            top[t] = score > top[t] ? score : top[t];
         }
     }
-    for (int i = 0; i < HD; i++) out[i] = m->bf16 ? round_bf16(acc[i]) : acc[i];
+    for (int t = 0; t < T; t++) total[t] = exp_and_sum(s + t * stride, first + t + 1, top[t]);
+    memset(sums, 0, (size_t)T * HD * sizeof(float));
+    for (int64_t p = 0; p < first + T; p++) {
+        for (int t = p > first ? (int)(p - first) : 0; t < T; t++) {
+            float w = s[t * stride + p] / total[t], *a = sums + t * HD; /* (element-wise: any alignment) */
+            if (m->bf16) {
+                const uint16_t *v = (const uint16_t *)values + base + p * HD;
+#pragma omp simd
+                for (int i = 0; i < HD; i++) a[i] += w * bf16_to_f32(v[i]);
+            } else {
+                const float *v = (const float *)values + base + p * HD;
+#pragma omp simd
+                for (int i = 0; i < HD; i++) a[i] += w * v[i];
+            }
+        }
+    }
+    for (int t = 0; t < T; t++)
+        for (int i = 0; i < HD; i++) q[(int64_t)t * ld + i] = m->bf16 ? round_bf16(sums[t * HD + i]) : sums[t * HD + i];
 }
+
+/* A thread's room for attend: every token's scores, then every token's output sums. */
+static size_t attention_floats(const Model *m) { return (size_t)MAX_TOKENS * (score_stride(m) + m->head_dim); }
 
 static int widest(const Model *m) { return (m->dim > m->hidden ? m->dim : m->hidden) + 64; }
 
 /* Per thread and token: the normalised residual and its Input forms (rounded, bits, q16); per
- * thread: a layer's output rows for every token (64 a token), attention scores. */
+ * thread: a layer's output rows for every token (64 a token), attend's work. */
 static size_t per_thread_floats(const Model *m) {
-    return (size_t)MAX_TOKENS * (3 * widest(m) + 3 * 64 + m->head_dim) + (size_t)m->cache_len;
+    return (size_t)MAX_TOKENS * (3 * widest(m) + 3 * 64 + m->head_dim) + attention_floats(m);
 }
 
 /* The work-sharing counters (one per phase and thread) take the end of the scratch, cache-line aligned. */
@@ -772,7 +819,7 @@ void cpu_decode_tokens(const Model *m, const int64_t *tokens, int T, int64_t pos
         const int id = omp_get_thread_num(), nt = omp_get_num_threads();
         float *mine = per_thread + (int64_t)id * per_thread_floats(m);
         float *normed = mine, *forms = normed + MAX_TOKENS * W, *rows = forms + MAX_TOKENS * 2 * W;
-        float *scores = rows + MAX_TOKENS * (3 * 64 + HD);
+        float *attention = rows + MAX_TOKENS * (3 * 64 + HD); /* attend's work */
         Input in[MAX_TOKENS];
         for (int t = 0; t < T; t++) {
             float *f = forms + (int64_t)t * 2 * W;
@@ -804,9 +851,8 @@ void cpu_decode_tokens(const Model *m, const int64_t *tokens, int T, int64_t pos
                 }
             }
 #pragma omp barrier
-            /* a head's tokens one after another: its keys and values come from memory for the
-             * first token of a draft and from the core's L2 for the others */
-            EACH_CHUNK(h, phase[1], H) for (int t = 0; t < T; t++) attend(m, h, pos + t, keys, values, scores, q + t * D + h * HD);
+            /* a head's draft tokens at once: each key and value row read once for all of them */
+            EACH_CHUNK(h, phase[1], H) attend(m, h, T, pos, keys, values, attention, q + h * HD, D);
 #pragma omp barrier
             prepare_all(in, T, q, D, D, needs(&L->o));
             EACH_CHUNK(c, phase[2], chunks_of(D, CHUNK_ROWS))
