@@ -31,6 +31,9 @@
 
 enum { KIND_F32 = 0, KIND_BF16 = 1, KIND_INT8 = 2, KIND_INT4 = 3 };
 enum { MAX_TOKENS = 16, MAX_HEAD_DIM = 512 };
+/* Per-thread scratch blocks are multiples of MAX_TOKENS floats: with this, each starts at the same
+ * cache-line offset, so a vectorised loop peels the same way on every thread. */
+_Static_assert(MAX_TOKENS % 16 == 0, "MAX_TOKENS floats must be whole cache lines");
 
 typedef struct {
     int32_t kind, out, in, groupsize;
@@ -651,12 +654,21 @@ static void rope(const Model *m, float *v, int64_t pos) {
     if (m->bf16) round_all(v, m->head_dim);
 }
 
+/* Fused where the CPU fuses, in every copy of a loop: a contraction left to the compiler could
+ * differ between a loop's vectorised body and its scalar remainder. */
+#if defined(FP_FAST_FMAF)
+#define MULTIPLY_ADD(a, b, c) fmaf(a, b, c)
+#else
+#define MULTIPLY_ADD(a, b, c) ((c) + (a) * (b))
+#endif
+
 /* q . k for one cached position, its sum always in one order. Left to the compiler (`omp simd`,
  * which lets it reorder the sum), the loop inlined in attend's loop over a draft's tokens summed a
  * token in another order than the same token alone (an x86-64-v3 build, head_dim 36; which of
  * GCC's choices differed was not pinned down). So: written out for whole vectors (the compiler's
  * reduction epilogue for a loop this short also cost as much as the loop), else a plain loop, which
  * the compiler may vectorise only in order. */
+
 static inline float dot_f32(const float *q, const float *k, int n) {
 #if defined(__AVX512F__)
     if (n % 16 == 0) {
@@ -673,7 +685,7 @@ static inline float dot_f32(const float *q, const float *k, int n) {
     }
 #endif
     float dot = 0;
-    for (int i = 0; i < n; i++) dot += q[i] * k[i];
+    for (int i = 0; i < n; i++) dot = MULTIPLY_ADD(q[i], k[i], dot);
     return dot;
 }
 
@@ -696,7 +708,7 @@ static inline float dot_bf16(const float *q, const uint16_t *k, int n) {
     }
 #endif
     float dot = 0;
-    for (int i = 0; i < n; i++) dot += q[i] * bf16_to_f32(k[i]);
+    for (int i = 0; i < n; i++) dot = MULTIPLY_ADD(q[i], bf16_to_f32(k[i]), dot);
     return dot;
 }
 
@@ -717,8 +729,8 @@ static int64_t score_stride(const Model *m) { return (m->cache_len + 15) / 16 * 
  * positions 0..first + t of its key/value head. Token t's rotated query is at q + t * ld on entry,
  * its output there on return. Each key and value row is read once for all the tokens (checking a
  * draft of T reads the cache as often as one token does), and each token's sums are taken in the
- * order they are alone: the same bits as decoding it by itself. work: T x score_stride scores,
- * then T x head_dim output sums (attention_floats). */
+ * order they are alone: the same bits as decoding it by itself. work: MAX_TOKENS x score_stride
+ * floats for the scores, then T x head_dim output sums (attention_floats). */
 static void attend(const Model *m, int h, int T, int64_t first, const void *keys, const void *values, float *work,
                    float *q, int ld) {
     const int HD = m->head_dim;

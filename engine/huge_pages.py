@@ -9,16 +9,19 @@ Most distributions ship transparent huge pages as "madvise": a process gets them
 memory it asks for, and torch's allocator never asks (weights loaded from safetensors are not
 even the process's own memory but a private mapping of the file, which cannot have them). So
 after loading, each big tensor is copied into fresh anonymous memory that asked for them
-(MADV_HUGEPAGE before its first touch), and the model and KV cache point there. Where the
-kernel says no (not Linux, THP "never", no free huge page), the copy simply has 4 KB pages;
+(MADV_HUGEPAGE before its first touch), and the model points there; the KV cache is allocated
+there from the start (huge_page_zeros). Where the kernel has no huge pages to give (not Linux,
+THP "never"), nothing is copied; where it refuses one (none free), that memory has 4 KB pages;
 where free memory is short, nothing moves (room_for).
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import mmap
-from collections.abc import Iterable
+import sys
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -28,32 +31,73 @@ log = logging.getLogger(__name__)
 HUGE_PAGE = 2 << 20
 MEMORY_MARGIN = 1 << 30
 """Free memory the copies must leave (or a tenth of what is free, if more)."""
+THP_SETTING = Path("/sys/kernel/mm/transparent_hugepage/enabled")
 
 
-def huge_page_copy(tensor: torch.Tensor) -> torch.Tensor:
-    """A contiguous copy of a CPU tensor starting on a 2 MB boundary of memory that asked for
-    huge pages (it stays mapped for as long as the copy, or a view of it, lives)."""
-    # (private: a shared anonymous mapping is shmem, which has its own huge page setting, mostly "never")
-    region = mmap.mmap(-1, tensor.nbytes + HUGE_PAGE, flags=mmap.MAP_PRIVATE)  # anonymous, zero-filled
-    if hasattr(mmap, "MADV_HUGEPAGE"):  # (Linux only)
+@functools.cache
+def huge_pages_usable() -> bool:
+    """Linux with transparent huge pages "always" or "madvise" (the bracketed word of the setting)."""
+    if not sys.platform.startswith("linux") or not hasattr(mmap, "MADV_HUGEPAGE"):
+        return False
+    try:
+        setting = THP_SETTING.read_text(encoding="ascii")
+    except OSError:
+        return False
+    return "[always]" in setting or "[madvise]" in setting
+
+
+def huge_page_bytes(nbytes: int) -> torch.Tensor | None:
+    """nbytes of zeros (uint8) starting on a 2 MB boundary of memory that asked for huge pages,
+    touched only when written; None where the memory cannot be had (the caller keeps its own).
+    The memory stays mapped for as long as the tensor, or a view of it, lives."""
+    try:
+        # (private: a shared anonymous mapping is shmem, which has its own huge page setting, mostly "never")
+        region = mmap.mmap(-1, nbytes + HUGE_PAGE, flags=mmap.MAP_PRIVATE)
+    except OSError as e:  # an address-space limit, strict overcommit
+        log.debug("no memory for a huge-page copy of %d bytes: %s", nbytes, e)
+        return None
+    try:
         region.madvise(mmap.MADV_HUGEPAGE)
+    except OSError:  # a kernel without THP: the memory is still good, in 4 KB pages
+        pass
     raw = torch.frombuffer(region, dtype=torch.uint8)  # keeps `region` alive
     start = -raw.data_ptr() % HUGE_PAGE
-    copy = raw[start : start + tensor.nbytes].view(tensor.dtype).view(tensor.shape)
-    return copy.copy_(tensor)
+    return raw[start : start + nbytes]
+
+
+def huge_page_zeros(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+    """torch.zeros(shape, dtype) on the CPU, in huge-page memory where it is big enough and the
+    kernel gives huge pages (a KV cache: attention reads it all, a token at a time)."""
+    nbytes = torch.Size(shape).numel() * dtype.itemsize
+    raw = huge_page_bytes(nbytes) if nbytes >= HUGE_PAGE and huge_pages_usable() else None
+    return raw.view(dtype).view(shape) if raw is not None else torch.zeros(shape, dtype=dtype)
+
+
+def huge_page_copy(tensor: torch.Tensor) -> torch.Tensor | None:
+    """A copy of a contiguous CPU tensor in huge-page memory (None where there is none to have)."""
+    raw = huge_page_bytes(tensor.nbytes)
+    return None if raw is None else raw.view(tensor.dtype).view(tensor.shape).copy_(tensor)
 
 
 def available_memory() -> int | None:
-    """/proc/meminfo's MemAvailable in bytes (what can be allocated without swapping, page cache
-    that can be dropped included); None where there is no such file."""
+    """Bytes that can be allocated without swapping: /proc/meminfo's MemAvailable (page cache that
+    can be dropped included), or less where a cgroup (a container) allows less; None where
+    neither can be read."""
     try:
         with open("/proc/meminfo", encoding="ascii") as meminfo:
-            for line in meminfo:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
+            available = next(int(line.split()[1]) * 1024 for line in meminfo if line.startswith("MemAvailable:"))
+    except (OSError, ValueError, IndexError, StopIteration):
+        return None
+    try:  # cgroup v2: this process's group, its limit and use
+        group = Path("/proc/self/cgroup").read_text(encoding="ascii").strip().split("::", 1)[1]
+        folder = Path("/sys/fs/cgroup") / group.lstrip("/")
+        limit = (folder / "memory.max").read_text(encoding="ascii").strip()
+        if limit != "max":
+            used = int((folder / "memory.current").read_text(encoding="ascii"))
+            available = min(available, int(limit) - used)
     except (OSError, ValueError, IndexError):
         pass
-    return None
+    return available
 
 
 def room_for(nbytes: int) -> bool:
@@ -74,40 +118,41 @@ def owns_its_memory(tensor: torch.Tensor) -> bool:
     )
 
 
-def use_huge_pages(model: nn.Module, tensor_lists: Iterable[list[torch.Tensor]] = ()) -> int:
-    """Give the model's CPU parameters and buffers, and the tensors of each list (a KV cache's
-    keys, values), memory of their own: 2 MB pages for those of a whole page or more, plain
-    memory for the rest (then nothing points into the checkpoint file's mapping any more, and it
-    is unmapped rather than kept beside the copies). Returns the bytes now in huge-page memory.
+def use_huge_pages(model: nn.Module) -> int:
+    """Give the model's CPU parameters and buffers memory of their own: 2 MB pages for those of a
+    whole page or more, plain memory for the rest (then nothing points into the checkpoint file's
+    mapping any more, and it is unmapped rather than kept beside the copies). Returns the bytes
+    now in huge-page memory; 0, and nothing copied, where the kernel gives no huge pages or the
+    copies would not leave room (room_for).
 
-    A tensor reached twice (tied weights) gets one copy, so what was shared stays shared; a view
-    into a bigger tensor stays where it is (copying it would keep both). Nothing moves where the
-    copies would not leave room (room_for)."""
-    tensor_lists = list(tensor_lists)
-    everything = [*model.parameters(), *model.buffers(), *(t for tensors in tensor_lists for t in tensors)]
-    if not room_for(sum(t.nbytes for t in everything if t.device.type == "cpu")):
+    Run it before any decode step is built: those keep raw addresses of the weights. A Parameter
+    reached twice (tied weights) is one Parameter with new memory; a tensor that is a view into a
+    bigger one stays where it is (copying it would keep both)."""
+    if not huge_pages_usable():
+        return 0
+    if not room_for(sum(t.nbytes for t in (*model.parameters(), *model.buffers()) if t.device.type == "cpu")):
         log.info("weights stay in 4 KB pages: not enough free memory for a copy of them")
         return 0
-    copies: dict[tuple, torch.Tensor] = {}
     done: set[int] = set()
+    moved_bytes = 0
 
     def moved(tensor: torch.Tensor) -> torch.Tensor:
+        nonlocal moved_bytes
         if not owns_its_memory(tensor) or tensor.data_ptr() in done:
             return tensor
-        key = (tensor.data_ptr(), tensor.dtype, tensor.shape)
-        if key not in copies:
-            copies[key] = huge_page_copy(tensor) if tensor.nbytes >= HUGE_PAGE else tensor.clone()
-            done.add(copies[key].data_ptr())
-        return copies[key]
+        copy = huge_page_copy(tensor) if tensor.nbytes >= HUGE_PAGE else tensor.clone()
+        if copy is None:
+            return tensor
+        done.add(copy.data_ptr())
+        moved_bytes += tensor.nbytes if tensor.nbytes >= HUGE_PAGE else 0
+        return copy
 
+    # One tensor at a time, the old one let go before the next copy: the peak is one tensor more.
     for module in model.modules():
         for parameter in module.parameters(recurse=False):
-            parameter.data = moved(parameter.data)  # (the same Parameter: optimizers, ties keep it)
-        for name, buffer in module.named_buffers(recurse=False):
-            if buffer is not None:
-                module._buffers[name] = moved(buffer)
-    for tensors in tensor_lists:
-        tensors[:] = [moved(t) for t in tensors]
-    total = sum(t.nbytes for t in copies.values() if t.nbytes >= HUGE_PAGE)
-    log.debug("%.0f MB of tensors in huge-page memory", total / 2**20)
-    return total
+            parameter.data = moved(parameter.data)
+        for name in list(module._buffers):
+            if module._buffers[name] is not None:
+                module._buffers[name] = moved(module._buffers[name])
+    log.debug("%.0f MB of weights in huge-page memory", moved_bytes / 2**20)
+    return moved_bytes

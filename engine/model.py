@@ -20,6 +20,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from engine.huge_pages import huge_page_zeros
+
 
 @dataclass
 class ModelArgs:
@@ -95,6 +97,13 @@ MODEL_CONFIGS: dict[str, ModelArgs] = {
 }
 
 
+def zeros(shape: tuple[int, ...], device: torch.device | str, dtype: torch.dtype) -> torch.Tensor:
+    """A cache tensor: on the CPU in huge-page memory where it can be (engine.huge_pages)."""
+    if torch.device(device).type == "cpu":
+        return huge_page_zeros(shape, dtype)
+    return torch.zeros(shape, device=device, dtype=dtype)
+
+
 class KVCache:
     """Preallocated keys and values for `slots` independent sequences.
 
@@ -114,8 +123,8 @@ class KVCache:
         shape = (slots, args.n_kv_heads, max_seq_len, args.head_dim)
         self.max_seq_len = max_seq_len
         self.slots = slots
-        self.keys = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(args.n_layers)]
-        self.values = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(args.n_layers)]
+        self.keys = [zeros(shape, device, dtype) for _ in range(args.n_layers)]
+        self.values = [zeros(shape, device, dtype) for _ in range(args.n_layers)]
 
     def update(
         self, layer: int, slot: int, start_pos: int, k: torch.Tensor, v: torch.Tensor

@@ -1,32 +1,25 @@
-"""Weights and KV cache moved into huge-page memory: same values, same outputs, ties kept, the
-checkpoint's file mapping let go, and nothing moved where memory is short."""
+"""Weights and KV cache in huge-page memory: same values, same outputs, ties kept, the
+checkpoint's file mapping let go, and nothing moved where it cannot or should not be."""
 
 from __future__ import annotations
 
 import gc
-import sys
+import mmap
 from pathlib import Path
 
 import pytest
 import torch
+from torch import nn
 
 import engine.huge_pages as huge_pages
 from engine.checkpoints import load_model
-from engine.huge_pages import HUGE_PAGE, huge_page_copy, use_huge_pages
+from engine.huge_pages import HUGE_PAGE, huge_page_copy, huge_page_zeros, huge_pages_usable, use_huge_pages
 from engine.loader import load_engine
+from engine.model import KVCache
 from engine.session import InfillEngine
 from tests.fixtures import random_model, tiny_args
 
-linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="/proc and madvise are Linux's")
-
-
-def transparent_huge_pages_mode() -> str:
-    """The bracketed word of /sys/kernel/mm/transparent_hugepage/enabled ("" where there is none)."""
-    try:
-        text = Path("/sys/kernel/mm/transparent_hugepage/enabled").read_text()
-    except OSError:
-        return ""
-    return text.split("[", 1)[1].split("]", 1)[0] if "[" in text else ""
+needs_huge_pages = pytest.mark.skipif(not huge_pages_usable(), reason="no transparent huge pages here")
 
 
 def smaps_field(address: int, field: str) -> int:
@@ -46,6 +39,10 @@ def file_mappings(path: Path) -> int:
     return sum(str(path.resolve()) in line for line in Path("/proc/self/maps").read_text().splitlines())
 
 
+def big_model() -> nn.Module:
+    return random_model(tiny_args(dim=512, hidden_dim=1024))  # the MLP weights are whole huge pages in float32
+
+
 def test_a_copy_has_the_same_values_on_a_huge_page_boundary():
     tensor = torch.randn(3, HUGE_PAGE // 4 + 5)  # a little over three huge pages of float32
     copy = huge_page_copy(tensor)
@@ -56,32 +53,29 @@ def test_a_copy_has_the_same_values_on_a_huge_page_boundary():
     assert torch.equal(huge_page_copy(int8), int8)
 
 
-@linux_only
-@pytest.mark.skipif(transparent_huge_pages_mode() not in ("always", "madvise"), reason="huge pages are off here")
-def test_the_copy_is_in_huge_pages_where_the_kernel_allows_them():
+@needs_huge_pages
+def test_the_copy_is_in_huge_pages_where_the_kernel_gives_them():
     copy = huge_page_copy(torch.ones(4 * HUGE_PAGE // 4))
     assert smaps_field(copy.data_ptr(), "AnonHugePages") >= HUGE_PAGE // 1024
 
 
-def test_the_model_computes_the_same_after_moving_and_ties_stay_tied():
-    args = tiny_args(dim=512, hidden_dim=1024)  # the MLP weights are whole huge pages in float32
-    model = random_model(args).eval()
+@needs_huge_pages
+def test_the_model_computes_the_same_after_moving_and_a_tied_weight_moves_once():
+    model = big_model().eval()
     model.lm_head.weight = model.model.embed_tokens.weight  # tied, as some checkpoints are
     tokens = torch.tensor([[1, 5, 9, 2, 7]])
     with torch.no_grad():
         before = model(tokens)
     up = model.model.layers[0].mlp.up_proj.weight
-    keys = [torch.zeros(HUGE_PAGE // 2), torch.zeros(10)]
-    moved = use_huge_pages(model, [keys])
-    assert moved >= up.nbytes + keys[0].nbytes
-    assert model.model.layers[0].mlp.up_proj.weight is up  # the same Parameter, new memory
-    assert up.data_ptr() % HUGE_PAGE == 0 and keys[0].data_ptr() % HUGE_PAGE == 0
+    unique_big = {p.data_ptr(): p.nbytes for p in model.parameters() if p.nbytes >= HUGE_PAGE}
+    assert use_huge_pages(model) == sum(unique_big.values())  # the tied weight counted (and copied) once
+    assert model.model.layers[0].mlp.up_proj.weight is up and up.data_ptr() % HUGE_PAGE == 0
     assert model.lm_head.weight is model.model.embed_tokens.weight
     with torch.no_grad():
         assert torch.equal(model(tokens), before)
 
 
-@linux_only
+@needs_huge_pages
 def test_nothing_points_into_the_checkpoint_file_after_moving(tiny_checkpoint):
     model, _, _ = load_model(tiny_checkpoint, "cpu", "float32")
     weights = tiny_checkpoint / "model.safetensors"
@@ -92,29 +86,64 @@ def test_nothing_points_into_the_checkpoint_file_after_moving(tiny_checkpoint):
     model(torch.tensor([[1, 2, 3]]))  # and the model still runs from its own memory
 
 
+@needs_huge_pages
+def test_a_kv_cache_starts_zeroed_in_huge_page_memory():
+    args = tiny_args(dim=512, n_heads=4, n_kv_heads=4)
+    cache = KVCache(args, 1024, slots=1)  # 4 heads x 1,024 positions x 128 floats: 2 MB a layer
+    for tensor in (*cache.keys, *cache.values):
+        assert tensor.data_ptr() % HUGE_PAGE == 0 and not tensor.any()
+    cache.update(0, 0, 3, torch.ones(1, 4, 2, 128), torch.ones(1, 4, 2, 128))
+    assert cache.keys[0][0, :, 3:5].eq(1).all() and cache.keys[0].sum() == 4 * 2 * 128
+
+
 def test_nothing_moves_where_memory_is_short(monkeypatch):
-    model = random_model(tiny_args(dim=512, hidden_dim=1024))
+    model = big_model()
     before = {name: p.data_ptr() for name, p in model.named_parameters()}
+    monkeypatch.setattr(huge_pages, "huge_pages_usable", lambda: True)
     monkeypatch.setattr(huge_pages, "available_memory", lambda: huge_pages.MEMORY_MARGIN)
     assert use_huge_pages(model) == 0
     assert {name: p.data_ptr() for name, p in model.named_parameters()} == before
 
 
-def test_load_engine_moves_weights_and_cache_and_completes_as_before(tiny_checkpoint, monkeypatch):
+def test_nothing_is_copied_where_the_kernel_gives_no_huge_pages(monkeypatch):
+    model = big_model()
+    before = {name: p.data_ptr() for name, p in model.named_parameters()}
+    monkeypatch.setattr(huge_pages, "huge_pages_usable", lambda: False)
+    assert use_huge_pages(model) == 0
+    assert {name: p.data_ptr() for name, p in model.named_parameters()} == before
+    zeros = huge_page_zeros((HUGE_PAGE,), torch.float32)
+    assert zeros.untyped_storage().nbytes() == zeros.nbytes and not zeros.any()  # torch's own memory
+
+
+def test_a_tensor_whose_copy_cannot_be_had_stays_where_it_is(monkeypatch):
+    def no_memory(*args, **kwargs):
+        raise OSError(12, "Cannot allocate memory")
+
+    model = big_model()
+    up = model.model.layers[0].mlp.up_proj.weight
+    before = up.data_ptr()
+    monkeypatch.setattr(huge_pages, "huge_pages_usable", lambda: True)
+    monkeypatch.setattr(mmap, "mmap", no_memory)
+    assert use_huge_pages(model) == 0  # no error: the load goes on in 4 KB pages
+    assert up.data_ptr() == before
+
+
+def test_a_view_into_a_bigger_tensor_stays_where_it_is(monkeypatch):
+    monkeypatch.setattr(huge_pages, "huge_pages_usable", lambda: True)
+    holder = nn.Module()
+    base = torch.randn(2 * HUGE_PAGE // 4)
+    holder.register_buffer("view", base[: HUGE_PAGE // 4])
+    view = holder.view
+    assert use_huge_pages(holder) == 0
+    assert holder.view is view  # copying it would keep its memory twice (base still holds it)
+
+
+def test_load_engine_moves_the_weights_before_timing_kernels_and_completes_as_before(tiny_checkpoint, monkeypatch):
     model, tokenizer, _ = load_model(tiny_checkpoint, "cpu", "float32")
     expected = InfillEngine(model, tokenizer, max_seq_len=256, cache_slots=1).complete("def f(x):\n    return ", "\n")
     calls = []
-    monkeypatch.setattr("engine.loader.use_huge_pages", lambda *a: calls.append(a) or use_huge_pages(*a))
+    monkeypatch.setattr("engine.loader.use_huge_pages", lambda module: calls.append(("move", module)) or 0)
+    monkeypatch.setattr("engine.loader.tune_prefill", lambda module: calls.append(("tune", module)) or 0)
     loaded = load_engine(tiny_checkpoint, "cpu", "float32", max_seq_len=256, cache_slots=1)
-    ((module, (keys, values)),) = calls
-    assert module is loaded.engine.model and keys is loaded.engine.cache.keys and values is loaded.engine.cache.values
+    assert calls == [("move", loaded.engine.model), ("tune", loaded.engine.model)]
     assert loaded.engine.complete("def f(x):\n    return ", "\n").text == expected.text
-
-
-def test_a_view_into_a_bigger_tensor_stays_where_it_is():
-    model = random_model(tiny_args(dim=512, hidden_dim=1024))
-    base = torch.randn(2 * HUGE_PAGE // 4)
-    view = base[: HUGE_PAGE // 4]
-    lists = [[view]]
-    use_huge_pages(model, lists)
-    assert lists[0][0] is view  # copying it would keep its memory twice (base still holds it)
