@@ -152,6 +152,10 @@ def dequant_library() -> ctypes.CDLL | None:
     return library
 
 
+INT8_KERNEL_WIDTHS = 16
+"""torch's int8 CPU kernel takes inputs of a multiple of this width (others: the dequantized GEMM)."""
+
+
 class Int8Linear(nn.Module):
     kind = "int8"
     gemm_ok = True
@@ -164,6 +168,8 @@ class Int8Linear(nn.Module):
         self.register_buffer("scales", kernel_operand(scales.to(kernel_dtype(weight.device, dtype))))
 
     def kernel(self, flat: torch.Tensor) -> torch.Tensor:
+        if self.in_features % INT8_KERNEL_WIDTHS:  # torch 2.13's CPU kernel crashed on 136, 152, 168 inputs
+            return self.gemm(flat)
         return torch._weight_int8pack_mm(flat, self.weight, self.scales)
 
     def gemm(self, flat: torch.Tensor) -> torch.Tensor:

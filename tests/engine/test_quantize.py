@@ -346,3 +346,17 @@ def test_a_damaged_choices_file_is_ignored(measured_here, caplog):
     assert measured_here.tune(torch.nn.Sequential(quantized_layer("int8"))) == 5
     assert "ignoring saved prefill kernel choices" in caplog.text
     assert measured_here.machine_key() in json.loads(measured_here.choices_path().read_text())
+
+
+@pytest.mark.parametrize("rows", [1, 5, 40])
+def test_int8_layers_of_any_input_width_compute_the_dequantized_matmul(rows):
+    # torch's int8 CPU kernel crashed the process on inputs of 136 (not a multiple of 16): such
+    # layers take the dequantized GEMM, at every row count.
+    from engine.quantize import Int8Linear
+
+    weight = torch.randn(64, 136, generator=torch.Generator().manual_seed(1)) * 0.08
+    x = torch.randn(rows, 136, generator=torch.Generator().manual_seed(2))
+    parts = quantize_int8(weight)
+    layer = Int8Linear(parts["weight"], parts["scales"], torch.float32)
+    expected = x.bfloat16().float() @ (parts["weight"].float() * parts["scales"][:, None]).T
+    assert ((layer(x) - expected).norm() / expected.norm()) < 1e-2
