@@ -30,7 +30,7 @@
 #endif
 
 enum { KIND_F32 = 0, KIND_BF16 = 1, KIND_INT8 = 2, KIND_INT4 = 3 };
-enum { MAX_TOKENS = 16, MAX_HEAD_DIM = 512 };
+enum { MAX_TOKENS = 16 };
 /* Per-thread scratch blocks are multiples of MAX_TOKENS floats: with this, each starts at the same
  * cache-line offset, so a vectorised loop peels the same way on every thread. */
 _Static_assert(MAX_TOKENS % 16 == 0, "MAX_TOKENS floats must be whole cache lines");
@@ -665,9 +665,9 @@ static void rope(const Model *m, float *v, int64_t pos) {
 /* q . k for one cached position, its sum always in one order. Left to the compiler (`omp simd`,
  * which lets it reorder the sum), the loop inlined in attend's loop over a draft's tokens summed a
  * token in another order than the same token alone (an x86-64-v3 build, head_dim 36; which of
- * GCC's choices differed was not pinned down). So: written out for whole vectors (the compiler's
- * reduction epilogue for a loop this short also cost as much as the loop), else a plain loop, which
- * the compiler may vectorise only in order. */
+ * GCC's choices differed was not pinned down). So: written out for whole 16-float vectors (the
+ * compiler's reduction epilogue for a loop this short also cost as much as the loop), else the
+ * AVX2 row dot product, else a plain loop, which the compiler may vectorise only in order. */
 
 static inline float dot_f32(const float *q, const float *k, int n) {
 #if defined(__AVX512F__)
@@ -678,15 +678,12 @@ static inline float dot_f32(const float *q, const float *k, int n) {
     }
 #endif
 #if defined(__AVX2__) && defined(__FMA__)
-    if (n % 8 == 0) {
-        __m256 acc = _mm256_setzero_ps();
-        for (int i = 0; i < n; i += 8) acc = _mm256_fmadd_ps(_mm256_loadu_ps(q + i), _mm256_loadu_ps(k + i), acc);
-        return sum_of_8(acc);
-    }
-#endif
+    return row_dot_avx2(k, 0, q, n);
+#else
     float dot = 0;
     for (int i = 0; i < n; i++) dot = MULTIPLY_ADD(q[i], k[i], dot);
     return dot;
+#endif
 }
 
 static inline float dot_bf16(const float *q, const uint16_t *k, int n) {
@@ -701,15 +698,12 @@ static inline float dot_bf16(const float *q, const uint16_t *k, int n) {
     }
 #endif
 #if defined(__AVX2__) && defined(__FMA__)
-    if (n % 8 == 0) {
-        __m256 acc = _mm256_setzero_ps();
-        for (int i = 0; i < n; i += 8) acc = _mm256_fmadd_ps(_mm256_loadu_ps(q + i), row_8(k, 1, i), acc);
-        return sum_of_8(acc);
-    }
-#endif
+    return row_dot_avx2(k, 1, q, n);
+#else
     float dot = 0;
     for (int i = 0; i < n; i++) dot = MULTIPLY_ADD(q[i], bf16_to_f32(k[i]), dot);
     return dot;
+#endif
 }
 
 /* s[p] = exp(s[p] - most) for p < n, returning their sum. Not inlined: one copy of the loop, so
@@ -739,7 +733,7 @@ static void attend(const Model *m, int h, int T, int64_t first, const void *keys
     const int64_t base = (int64_t)(h / (m->n_heads / m->n_kv_heads)) * m->cache_len * HD;
     const float scale = 1.0f / sqrtf((float)HD);
     float top[MAX_TOKENS], total[MAX_TOKENS];
-    for (int t = 0; t < T; t++) top[t] = -INFINITY, total[t] = 0;
+    for (int t = 0; t < T; t++) top[t] = -INFINITY;
     for (int64_t p = 0; p < first + T; p++) {
         const void *key = m->bf16 ? (const void *)((const uint16_t *)keys + base + p * HD)
                                   : (const void *)((const float *)keys + base + p * HD);

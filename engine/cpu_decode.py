@@ -28,7 +28,7 @@ from engine.quantize import Int4Linear, Int8Linear
 
 KINDS = {torch.float32: 0, torch.bfloat16: 1, "int8": 2, "int4": 3}
 MAX_HEAD_DIM = 512
-"""cpu_decode.c keeps one head on the stack."""
+"""The widest head the C step was built and tested for (its scratch is sized by head_dim)."""
 MAX_TOKENS = 16
 """Tokens one call computes at most (cpu_decode.c's scratch is sized for them)."""
 

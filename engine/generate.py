@@ -213,10 +213,7 @@ class TokenStream:
         """An end token, or one that holds a whole stop string (a completion shown up to the
         line's end stops at the first newline: a single-line one's last draft used to be checked
         after it, a pass whose every token was thrown away)."""
-        if token in self._stop_ids:
-            return True
-        piece = self.tok.token_bytes[token] if self._stop_bytes else b""
-        return any(stop in piece for stop in self._stop_bytes)
+        return token in self._stop_ids or any(stop in self.tok.token_bytes[token] for stop in self._stop_bytes)
 
     def _emit(self, token: int, fed: bool) -> Generator[int, None, bool]:
         """Yield one generated token; False when generation ends (<EOT>/EOS, or a full cache).

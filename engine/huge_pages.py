@@ -46,15 +46,16 @@ def huge_pages_usable() -> bool:
     return "[always]" in setting or "[madvise]" in setting
 
 
-def huge_page_bytes(nbytes: int) -> torch.Tensor | None:
-    """nbytes of zeros (uint8) starting on a 2 MB boundary of memory that asked for huge pages,
+def huge_page_tensor(shape: torch.Size | tuple[int, ...], dtype: torch.dtype) -> torch.Tensor | None:
+    """A zeroed CPU tensor starting on a 2 MB boundary of memory that asked for huge pages,
     touched only when written; None where the memory cannot be had (the caller keeps its own).
     The memory stays mapped for as long as the tensor, or a view of it, lives."""
+    nbytes = torch.Size(shape).numel() * dtype.itemsize
     try:
         # (private: a shared anonymous mapping is shmem, which has its own huge page setting, mostly "never")
         region = mmap.mmap(-1, nbytes + HUGE_PAGE, flags=mmap.MAP_PRIVATE)
     except OSError as e:  # an address-space limit, strict overcommit
-        log.debug("no memory for a huge-page copy of %d bytes: %s", nbytes, e)
+        log.debug("no memory for %d bytes in huge pages: %s", nbytes, e)
         return None
     try:
         region.madvise(mmap.MADV_HUGEPAGE)
@@ -62,21 +63,24 @@ def huge_page_bytes(nbytes: int) -> torch.Tensor | None:
         pass
     raw = torch.frombuffer(region, dtype=torch.uint8)  # keeps `region` alive
     start = -raw.data_ptr() % HUGE_PAGE
-    return raw[start : start + nbytes]
+    return raw[start : start + nbytes].view(dtype).view(shape)
 
 
-def huge_page_zeros(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
-    """torch.zeros(shape, dtype) on the CPU, in huge-page memory where it is big enough and the
-    kernel gives huge pages (a KV cache: attention reads it all, a token at a time)."""
-    nbytes = torch.Size(shape).numel() * dtype.itemsize
-    raw = huge_page_bytes(nbytes) if nbytes >= HUGE_PAGE and huge_pages_usable() else None
-    return raw.view(dtype).view(shape) if raw is not None else torch.zeros(shape, dtype=dtype)
+def huge_page_zeros(shape: tuple[int, ...], device: torch.device | str, dtype: torch.dtype) -> torch.Tensor:
+    """torch.zeros(shape, device, dtype); on the CPU in huge-page memory where it is big enough and
+    the kernel gives huge pages (a KV cache: attention reads it all, a token at a time)."""
+    if torch.device(device).type == "cpu" and huge_pages_usable():
+        nbytes = torch.Size(shape).numel() * dtype.itemsize
+        zeros = huge_page_tensor(shape, dtype) if nbytes >= HUGE_PAGE else None
+        if zeros is not None:
+            return zeros
+    return torch.zeros(shape, device=device, dtype=dtype)
 
 
 def huge_page_copy(tensor: torch.Tensor) -> torch.Tensor | None:
     """A copy of a contiguous CPU tensor in huge-page memory (None where there is none to have)."""
-    raw = huge_page_bytes(tensor.nbytes)
-    return None if raw is None else raw.view(tensor.dtype).view(tensor.shape).copy_(tensor)
+    copy = huge_page_tensor(tensor.shape, tensor.dtype)
+    return None if copy is None else copy.copy_(tensor)
 
 
 def available_memory() -> int | None:

@@ -97,13 +97,6 @@ MODEL_CONFIGS: dict[str, ModelArgs] = {
 }
 
 
-def zeros(shape: tuple[int, ...], device: torch.device | str, dtype: torch.dtype) -> torch.Tensor:
-    """A cache tensor: on the CPU in huge-page memory where it can be (engine.huge_pages)."""
-    if torch.device(device).type == "cpu":
-        return huge_page_zeros(shape, dtype)
-    return torch.zeros(shape, device=device, dtype=dtype)
-
-
 class KVCache:
     """Preallocated keys and values for `slots` independent sequences.
 
@@ -123,8 +116,9 @@ class KVCache:
         shape = (slots, args.n_kv_heads, max_seq_len, args.head_dim)
         self.max_seq_len = max_seq_len
         self.slots = slots
-        self.keys = [zeros(shape, device, dtype) for _ in range(args.n_layers)]
-        self.values = [zeros(shape, device, dtype) for _ in range(args.n_layers)]
+        # (on the CPU in huge-page memory where it can be: engine.huge_pages)
+        self.keys = [huge_page_zeros(shape, device, dtype) for _ in range(args.n_layers)]
+        self.values = [huge_page_zeros(shape, device, dtype) for _ in range(args.n_layers)]
 
     def update(
         self, layer: int, slot: int, start_pos: int, k: torch.Tensor, v: torch.Tensor

@@ -111,7 +111,7 @@ def test_nothing_is_copied_where_the_kernel_gives_no_huge_pages(monkeypatch):
     monkeypatch.setattr(huge_pages, "huge_pages_usable", lambda: False)
     assert use_huge_pages(model) == 0
     assert {name: p.data_ptr() for name, p in model.named_parameters()} == before
-    zeros = huge_page_zeros((HUGE_PAGE,), torch.float32)
+    zeros = huge_page_zeros((HUGE_PAGE,), "cpu", torch.float32)
     assert zeros.untyped_storage().nbytes() == zeros.nbytes and not zeros.any()  # torch's own memory
 
 
