@@ -7,7 +7,8 @@
    file: with KV-cache reuse vs a cold cache (time to the first generated token).
 2. Decode tokens/s against transformers' `generate` on the same weights and prompt.
 3. fp32 / bf16 / int8 / int4: decode tokens/s, prefill tokens/s and resident memory, each in
-   its own process so memory is measured cleanly.
+   its own process so memory is measured cleanly; decode also as a fraction of its read bound
+   (engine.read_bound: what reading the weights and cache at this machine's measured rate allows).
 4. On CUDA only: a full-size random 7B in bf16 / int8 / nf4: time to first token for a
    2,000-token prompt, decode tokens/s and the fraction of the memory-bandwidth bound.
 5. With --llama-cpp DIR (a llama.cpp source tree built with llama-bench and llama-quantize,
@@ -15,7 +16,9 @@
    that tree's own convert_hf_to_gguf.py (F32, BF16, Q8_0; Q4_0 by llama-quantize), timed by
    its llama-bench beside our engine (same threads): prefill of a ~520-token prompt and decode
    of 64 tokens after it (and after a ~18-token prompt), each side at the same depth, as ratios
-   ours / llama.cpp. Without DIR the section says it was skipped.
+   ours / llama.cpp, and each side's decode after the short prompt as a fraction of the read
+   bound of its own weights (GGUF tensor sizes; f16 cache). Without DIR the section says it was
+   skipped.
 
 Decoding here is plain (prompt lookup off): its gain is measured by lsp.lookup_bench.
 """
@@ -23,6 +26,7 @@ Decoding here is plain (prompt lookup off): its gain is measured by lsp.lookup_b
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import statistics
@@ -35,6 +39,7 @@ from pathlib import Path
 
 import torch
 
+from engine import read_bound
 from engine.checkpoints import hf_config, save_checkpoint
 from engine.defaults import default_model_path
 from engine.generate import SamplingParams
@@ -196,7 +201,35 @@ def quant_worker(model_path: str, dtype: str, quantize: str, new_tokens: int, co
     short_prefix, short_suffix = source_around_function_end(tokenizer, SHORT_PROMPT_TOKENS, 4)
     short = decode_stats(engine, short_prefix, short_suffix, new_tokens)
     figures["short_decode_tok_s"], figures["short_prompt_tokens"] = decode_tok_s(short), short.prompt_tokens
+    try:  # right after the decodes it bounds, in the same process (the machine's rate drifts)
+        figures["read_bound"] = dataclasses.asdict(read_bound.measure(engine.model, engine.cache.keys[0].dtype))
+        figures["kv_values_per_position"] = read_bound.kv_values_per_position(engine.model)
+    except RuntimeError as e:  # no C compiler: the tables show "-"
+        figures["read_bound_problem"] = str(e)
     return figures
+
+
+def mean_depth(prompt_tokens: int, new_tokens: int) -> float:
+    """The cache's mean fill while decoding new_tokens after a prompt (the read bound's depth)."""
+    return prompt_tokens + (new_tokens - 1) / 2
+
+
+def fraction_of_bound(row: dict, tokens_per_s: float, depth: float, weight_bytes: int | None = None,
+                      kv_element_bytes: int | None = None) -> float | None:  # fmt: skip
+    """tokens_per_s as a fraction of what reading the weights at the rate quant_worker measured
+    allows; by default our weights and cache, else weight_bytes and kv_element_bytes' cache
+    (another engine's, read at the same rate). None where the rate was not measured."""
+    if "read_bound" not in row:
+        return None
+    bound = read_bound.ReadBound(**row["read_bound"])
+    if weight_bytes is not None:
+        per_position = row["kv_values_per_position"] * kv_element_bytes
+        bound = read_bound.ReadBound(weight_bytes, per_position, bound.gb_per_s)
+    return tokens_per_s / bound.tokens_per_s(depth)
+
+
+def percent(fraction: float | None) -> str:
+    return "-" if fraction is None else f"{fraction:.0%}"
 
 
 def worker_command(model_path: Path, dtype: str, quantize: str, new_tokens: int, compile: str) -> list[str]:
@@ -325,6 +358,34 @@ def llama_cpp_ggufs(llama_dir: Path, model_path: Path, workdir: Path) -> dict[st
     return files
 
 
+LLAMA_BENCH_KV_BYTES = 2
+"""Bytes a cached key or value takes in llama-bench: its default cache type, f16 (type_k / type_v)."""
+
+
+def gguf_decode_bytes(llama_dir: Path, gguf: Path) -> int:
+    """Bytes of the tensors llama.cpp reads in full for a token: all but the token embedding (a
+    row of it), unless it is also the output layer. Read by that tree's own gguf package."""
+    code = (
+        "import sys, gguf\n"
+        "tensors = {t.name: int(t.n_bytes) for t in gguf.GGUFReader(sys.argv[1]).tensors}\n"
+        "rows_only = {'token_embd.weight'} if 'output.weight' in tensors else set()\n"
+        "print(sum(size for name, size in tensors.items() if name not in rows_only))"
+    )
+    env = {**os.environ, "PYTHONPATH": str(llama_dir / "gguf-py")}
+    done = subprocess.run([sys.executable, "-c", code, str(gguf)], capture_output=True, text=True, check=True, env=env)
+    return int(done.stdout)
+
+
+def bound_summary(rounds: list[tuple[float | None, float | None]]) -> str:
+    """Each round's 'ours / llama.cpp' fractions of the read bound; from three rounds their medians."""
+    if any(None in pair for pair in rounds):
+        return "-"
+    if len(rounds) < 3:
+        return ", ".join(f"{percent(ours)} / {percent(theirs)}" for ours, theirs in rounds)
+    ours, theirs = (statistics.median(side) for side in zip(*rounds, strict=True))
+    return f"{percent(ours)} / {percent(theirs)} (medians)"
+
+
 def llama_bench(
     llama_dir: Path, gguf: Path, threads: int, prompt: int, new_tokens: int, depths: tuple[int, ...]
 ) -> tuple[float, dict[int, float], str]:
@@ -374,7 +435,8 @@ def bench_llama_cpp(llama_dir: Path, model_path: Path, workdir: Path, compile: s
     files = llama_cpp_ggufs(llama_dir, model_path, workdir)
     rows = []
     for label, dtype, quantize, kind in LLAMA_TYPES:
-        prefill, decode, short, notes = [], [], [], set()
+        their_bytes = gguf_decode_bytes(llama_dir, files[label])
+        prefill, decode, short, bounds, notes = [], [], [], [], set()
         for _ in range(rounds):  # alternate: ours, theirs, ours, theirs (the machine is noisy)
             command = worker_command(model_path, dtype, quantize, 64, compile)
             ours = json.loads(
@@ -386,7 +448,14 @@ def bench_llama_cpp(llama_dir: Path, model_path: Path, workdir: Path, compile: s
             prefill.append((ours["prefill_tok_s"], theirs[0]))
             decode.append((ours["decode_tok_s"], theirs[1][ours["prompt_tokens"]]))
             short.append((ours["short_decode_tok_s"], theirs[1][ours["short_prompt_tokens"]]))
-        cells = [summary(prefill), summary(decode, 1), summary(short, 1)]
+            # both sides' decode after the short prompt against reading their own weights at the
+            # rate measured in our worker this round
+            depth = mean_depth(ours["short_prompt_tokens"], 64)
+            bounds.append((
+                fraction_of_bound(ours, short[-1][0], depth),
+                fraction_of_bound(ours, short[-1][1], depth, their_bytes, LLAMA_BENCH_KV_BYTES),
+            ))  # fmt: skip
+        cells = [summary(prefill), summary(decode, 1), summary(short, 1), bound_summary(bounds)]
         rows.append([f"{label} vs {kind.upper()}", *cells, "; ".join(sorted(notes - {""}))])
     return rows
 
@@ -468,14 +537,25 @@ def main() -> None:
             rows = bench_quantization(path, args.new_tokens, args.compile)
             bf16 = rows["bf16"]["eager_decode_tok_s"]
             print(f"\n## CPU precision and quantization (decode step: --compile {args.compile})")
+            headers = [
+                "weights",
+                "decode tokens/s eager",
+                "vs bf16",
+                "compiled",
+                "used: of read bound",
+                "prefill tokens/s",
+            ]
             table(
-                ["weights", "decode tokens/s eager", "vs bf16", "compiled", "prefill tokens/s", "resident MB", "step"],
+                [*headers, "resident MB", "step"],
                 [
                     [
                         label,
                         f"{r['eager_decode_tok_s']:.1f}",
                         f"{r['eager_decode_tok_s'] / bf16:.2f}x",
                         compiled_cell(r),
+                        percent(
+                            fraction_of_bound(r, r["decode_tok_s"], mean_depth(r["prompt_tokens"], args.new_tokens))
+                        ),
                         f"{r['prefill_tok_s']:.0f}",
                         f"{r['rss_mb']:.0f}",
                         r.get("decode_step", "decode step eager"),
@@ -491,8 +571,10 @@ def main() -> None:
             print("(prefill: a ~520-token prompt; decode: 64 tokens after that prompt, and after a ~18-token")
             shown = "tokens/s in brackets" if args.rounds < 3 else "each round's ratio from tokens/s"
             print(f"one; llama-bench -p/-n with -d at the same depths; {shown})")
+            print("read bound: tokens/s that reading each side's weights and cache allows at the rate")
+            print("engine.read_bound measured in our worker that round (a plain read, same threads)")
             headers = ["weights", "prefill ours / llama.cpp", "decode after the prompt", "decode after 18 tokens"]
-            table([*headers, "note"], rows)
+            table([*headers, "after 18: of the read bound, ours / llama.cpp", "note"], rows)
         if "cuda" not in skip and torch.cuda.is_available():
             rows = bench_cuda_7b(args.new_tokens, tokenizer.path)
             print(f"\n## {torch.cuda.get_device_name()}: Code Llama 7B shapes, random weights, 2,000-token prompt")

@@ -1,4 +1,5 @@
-"""The engine's C library (the decode step, the prefill's dequantization): built once per machine.
+"""The engine's C library (the decode step, the prefill's dequantization, the benchmark's read bound):
+built once per machine.
 
 The C sources are compiled here, with this machine's C compiler and `-march=native` (as
 inductor compiles its kernels, so their loops vectorize for whatever ISA the CPU has), into this
@@ -26,7 +27,7 @@ from engine.user_cache import private_cache_or_temporary
 log = logging.getLogger(__name__)
 
 HERE = Path(__file__).parent
-SOURCES = [HERE / "cpu_decode.c", HERE / "cpu_dequant.c"]
+SOURCES = [HERE / "cpu_decode.c", HERE / "cpu_dequant.c", HERE / "cpu_read.c"]
 HEADERS = [HERE / "cpu_bf16.h"]
 FLAGS = ["-O3", "-march=native", "-ffp-contract=fast", "-fopenmp", "-std=gnu11", "-shared", "-fPIC"]
 COMPILE_TIMEOUT_S = 300
