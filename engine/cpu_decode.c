@@ -12,7 +12,9 @@
  * Numbers follow the eager path: activations are rounded to bf16 wherever eager stores them as
  * bf16 (a bf16 model; the input and output of torch's int8/int4 CPU kernels, which compute in
  * bf16), sums are fp32. Weight layouts are the runtime modules' own (engine/quantize.py):
- *   F32, BF16: (out, in) row-major;
+ *   F32:       column tiles, [in / tile][out][tile] (engine/cpu_linear.py's TiledFp32Linear; a
+ *              tile as wide as the input is (out, in) row-major);
+ *   BF16:      (out, in) row-major;
  *   INT8:      int8 (out, in) and bf16 scales (out): w = q * scale;
  *   INT4:      torch's CPU pack, [out/64][in][32] bytes (row 64b + j in the low nibble of byte j,
  *              row 64b + 32 + j in the high one), the rows past the last 64 as [in][rest/2]
@@ -36,7 +38,7 @@ enum { MAX_TOKENS = 16 };
 _Static_assert(MAX_TOKENS % 16 == 0, "MAX_TOKENS floats must be whole cache lines");
 
 typedef struct {
-    int32_t kind, out, in, groupsize;
+    int32_t kind, out, in, groupsize; /* groupsize: INT4's group; F32's tile width */
     const void *weight;
     const uint16_t *scales; /* INT8: (out); INT4: (in / groupsize, out, 2) */
 } Linear;
@@ -605,22 +607,50 @@ static int tokens_rows(const Linear *l, const Input *in, int T, float *y, int ld
     return 0;
 }
 
+enum { F32_BLOCK_ROWS = 16 };
+
+/* Rows r0..r1 of an fp32 layer in column tiles for T tokens: a tile at a time, its rows r0..r1 one
+ * sequential stream against the tile's slice of the input (small enough to stay in L1), each
+ * row's sum the tiles' sums added in order. Every token takes the same order, checked in a draft
+ * (tokens_rows) or alone (gemv_f32): the bits are the same. */
+static void f32_rows(const Linear *l, const Input *in, int T, float *y, int ld, int r0, int r1) {
+    const int tile = l->groupsize;
+    Input slice_in[MAX_TOKENS];
+    float sums[MAX_TOKENS * F32_BLOCK_ROWS];
+    for (int k0 = 0; k0 < l->in; k0 += tile) {
+        const Linear slice = {KIND_F32, l->out, tile, tile, (const float *)l->weight + (int64_t)k0 * l->out, NULL};
+        for (int t = 0; t < T; t++) slice_in[t].f = in[t].f + k0;
+        for (int b = r0; b < r1; b += F32_BLOCK_ROWS) {
+            const int e = min_int(b + F32_BLOCK_ROWS, r1), first = k0 == 0;
+            float *out = first ? y + (b - r0) : sums; /* the first tile's sums are the start */
+            const int out_ld = first ? ld : F32_BLOCK_ROWS;
+            if (!(T > 1 && tokens_rows(&slice, slice_in, T, out, out_ld, b, e)))
+                for (int t = 0; t < T; t++) gemv_f32(slice.weight, &slice_in[t], out + (int64_t)t * out_ld, tile, b, e);
+            if (!first)
+                for (int t = 0; t < T; t++)
+                    for (int r = b; r < e; r++) y[(int64_t)t * ld + (r - r0)] += sums[t * F32_BLOCK_ROWS + (r - b)];
+        }
+    }
+}
+
 /* Rows r0..r1 of one linear layer for T tokens: y[t * ld + r - r0] = W[r] . in[t], rounded to bf16
  * where eager's output is bf16 (every layer but an fp32 one). A block of rows is multiplied by
  * every token before the next block is read, so a draft of several tokens reads the weights once. */
 static void linear_rows(const Linear *l, const Input *in, int T, float *y, int ld, int r0, int r1) {
+    if (l->kind == KIND_F32) {
+        f32_rows(l, in, T, y, ld, r0, r1);
+        return;
+    }
     const int block = l->kind == KIND_INT4 ? 64 : 16;
     for (int b = r0; b < r1; b += block) {
         int e = b + block < r1 ? b + block : r1;
         if (T > 1 && tokens_rows(l, in, T, y + (b - r0), ld, b, e)) {
-            if (l->kind != KIND_F32)
-                for (int t = 0; t < T; t++) round_all(y + (int64_t)t * ld + (b - r0), e - b);
+            for (int t = 0; t < T; t++) round_all(y + (int64_t)t * ld + (b - r0), e - b);
             continue;
         }
         for (int t = 0; t < T; t++) {
             float *out = y + (int64_t)t * ld + (b - r0);
             switch (l->kind) {
-            case KIND_F32: gemv_f32(l->weight, &in[t], out, l->in, b, e); continue;
             case KIND_BF16: gemv_bf16(l->weight, &in[t], out, l->in, b, e); break;
             case KIND_INT8: gemv_int8(l->weight, l->scales, &in[t], out, l->in, b, e); break;
             default: gemv_int4(l->weight, l->scales, &in[t], out, l->out, l->in, l->groupsize, b, e); break;

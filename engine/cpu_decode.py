@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from engine import c_library
-from engine.cpu_linear import Fp32CpuLinear
+from engine.cpu_linear import Fp32CpuLinear, TiledFp32Linear
 from engine.model import KVCache, Transformer
 from engine.quantize import Int4Linear, Int8Linear
 
@@ -76,6 +76,8 @@ def layer_problem(layer: nn.Module, dtype: torch.dtype) -> str:
         if layer.scales_and_zeros.dtype != torch.bfloat16:
             return "an int4 layer not laid out as on CPU"
         return "" if layer.gemm_ok else "torch's int4 CPU pack has a layout this engine does not know"
+    if isinstance(layer, TiledFp32Linear):
+        return "" if dtype == torch.float32 else f"an fp32 layer in a {dtype} model"
     if type(layer) not in (nn.Linear, Fp32CpuLinear) or layer.bias is not None:
         return f"a {type(layer).__name__} layer (only plain, int8 and int4 linear layers)"
     if layer.weight.dtype != dtype or not layer.weight.is_contiguous():
@@ -159,8 +161,11 @@ class CpuDecode:
         if isinstance(layer, Int4Linear):
             return CLinear(KINDS["int4"], layer.out_features, layer.in_features, layer.groupsize,
                            self._pointer(layer.packed), self._pointer(layer.scales_and_zeros))  # fmt: skip
-        weight = layer.weight
-        return CLinear(KINDS[weight.dtype], weight.shape[0], weight.shape[1], 0, self._pointer(weight), None)
+        if isinstance(layer, TiledFp32Linear):  # (groupsize: the width of its column tiles)
+            return CLinear(KINDS[torch.float32], layer.out_features, layer.in_features, layer.tile,
+                           self._pointer(layer.tiles), None)  # fmt: skip
+        (out, width), weight = layer.weight.shape, layer.weight  # row-major: one tile as wide as the input
+        return CLinear(KINDS[weight.dtype], out, width, width, self._pointer(weight), None)
 
     def _plan(self, cache: KVCache, threads: int) -> CModel:
         """The model with this cache's addresses, RoPE tables long enough and scratch memory for

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from engine.checkpoints import CheckpointInfo, load_model
-from engine.cpu_linear import use_onednn_prefill
+from engine.cpu_linear import use_fp32_cpu_layers
 from engine.defaults import default_model_path
 from engine.huge_pages import use_huge_pages
 from engine.prefill_choice import tune as tune_prefill
@@ -79,7 +79,7 @@ def load_engine(
         if moved := use_huge_pages(module):
             log.info("%.0f MB of weights in memory that asked for huge pages, in %.1f s", moved / 2**20,
                      time.perf_counter() - moved_started)  # fmt: skip
-        use_onednn_prefill(module)
+        use_fp32_cpu_layers(module)
         # Once per machine (then read from the user's cache): which kernel each quantized or
         # fp32 layer's prefill runs, so no request pays for measuring it.
         tuned_started = time.perf_counter()

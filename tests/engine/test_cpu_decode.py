@@ -15,6 +15,7 @@ from engine import c_library
 from engine.checkpoints import build_model
 from engine.compiled import disagreement, rounding_eps
 from engine.cpu_decode import CpuDecode, unsupported
+from engine.cpu_linear import use_fp32_cpu_layers
 from engine.generate import decode_one_token, prefill, verify
 from engine.machine import cpu_flags
 from engine.model import KVCache
@@ -24,13 +25,23 @@ from tests.fixtures import random_model, tiny_args
 # output one; vocab 1008 = 15 x 64 + 48 covers the int4 pack's rows past its last block of 64.
 ARGS = dict(dim=128, n_heads=4, n_kv_heads=2, vocab_size=1008)
 FORMATS = [("float32", "none"), ("bfloat16", "none"), ("float32", "int8"), ("bfloat16", "int8"),
-           ("float32", "int4"), ("bfloat16", "int4")]  # fmt: skip
+           ("float32", "int4"), ("bfloat16", "int4"), ("float32", "tiled")]  # fmt: skip
+TILE = 32
+""""tiled": fp32 weights in column tiles (engine.cpu_linear) this wide at most, so a tiny model has several."""
+
+
+def built(args, state: dict, dtype: str, quantization: str):
+    """The model from state; "tiled": fp32, as load_engine leaves it on CPU with TILE-wide tiles."""
+    tiled = quantization == "tiled"
+    model = build_model(args, state, torch.device("cpu"), getattr(torch, dtype), "none" if tiled else quantization)
+    if tiled:
+        assert use_fp32_cpu_layers(model, widest=TILE) == 7 * args.n_layers + 1  # the output layer too
+    return model
 
 
 def model_in(dtype: str, quantization: str):
     reference = random_model(tiny_args(**ARGS), seed=3)
-    state = {k: v.clone() for k, v in reference.state_dict().items()}
-    return build_model(reference.args, state, torch.device("cpu"), getattr(torch, dtype), quantization)
+    return built(reference.args, {k: v.clone() for k, v in reference.state_dict().items()}, dtype, quantization)
 
 
 @pytest.mark.parametrize(("dtype", "quantization"), FORMATS)
@@ -76,7 +87,8 @@ def test_the_portable_loops_compute_what_the_eager_forward_does(monkeypatch, tmp
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     monkeypatch.setattr(c_library, "_library", None)
     monkeypatch.setattr(c_library, "FLAGS", [f if f != "-march=native" else f"-march={march}" for f in c_library.FLAGS])
-    for dtype, quantization in (("float32", "none"), ("bfloat16", "none"), ("bfloat16", "int8"), ("float32", "int4")):
+    formats = [("float32", "none"), ("bfloat16", "none"), ("bfloat16", "int8"), ("float32", "int4")]
+    for dtype, quantization in [*formats, ("float32", "tiled")]:
         test_the_c_step_computes_what_the_eager_forward_does(dtype, quantization)
         test_a_token_checked_in_a_draft_gets_the_bits_it_gets_decoded_alone(dtype, quantization)
     (built,) = (tmp_path / "codellama-lsp" / "cpu-decode").glob("cpu_decode-*.so")  # this build, not the cached one
@@ -135,7 +147,9 @@ def test_a_compiler_error_is_reported_and_leaves_nothing(monkeypatch, tmp_path):
     assert list((tmp_path / "codellama-lsp" / "cpu-decode").iterdir()) == []
 
 
-@pytest.mark.parametrize(("dtype", "quantization"), [("float32", "none"), ("bfloat16", "int8"), ("bfloat16", "int4")])
+@pytest.mark.parametrize(
+    ("dtype", "quantization"), [("float32", "none"), ("bfloat16", "int8"), ("bfloat16", "int4"), ("float32", "tiled")]
+)
 def test_a_draft_is_checked_in_one_call_as_the_eager_pass_checks_it(dtype, quantization):
     # Several tokens at once (a prompt-lookup draft): each attends to the positions up to its own,
     # the keys and values of all of them land in the cache; past MAX_TOKENS the call is split.
@@ -157,7 +171,7 @@ def test_a_draft_is_checked_in_one_call_as_the_eager_pass_checks_it(dtype, quant
     assert disagreement(picks, list(expected), list(got), eps) == ""
     one_by_one = torch.stack([step(token, len(prompt) + i, cache, 1) for i, token in enumerate(draft)])
     assert disagreement(picks, list(expected), list(one_by_one), eps) == ""
-    if quantization == "none":
+    if quantization in ("none", "tiled"):
         torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4)
 
 
@@ -170,12 +184,13 @@ def test_a_token_checked_in_a_draft_gets_the_bits_it_gets_decoded_alone(dtype, q
     # Unquantized, also heads of 34 in a 136-wide model with a cache of 130 positions: query rows
     # and the per-token score rows then start at other offsets within a cache line. (int4 layers
     # need inputs in multiples of 128; torch's int8 kernel crashed on 136.)
+    # Tiled: 144 in tiles of 16, 448 of 32, 136 (no tile of whole 16-float vectors divides it) row-major.
     shapes = {"none": ((144, 128), (136, 130)), "int8": ((144, 128),), "int4": ((128, 128),)}
+    shapes["tiled"] = shapes["none"]
     for dim, cache_len in shapes[quantization]:
         args = tiny_args(dim=dim, n_heads=4, n_kv_heads=2, vocab_size=1008, hidden_dim=448)
         reference = random_model(args, seed=5)
-        state = {k: v.clone() for k, v in reference.state_dict().items()}
-        model = build_model(args, state, torch.device("cpu"), getattr(torch, dtype), quantization)
+        model = built(args, {k: v.clone() for k, v in reference.state_dict().items()}, dtype, quantization)
         step = CpuDecode(model)
         cache = KVCache(args, cache_len, slots=1, dtype=getattr(torch, dtype))
         prefill(model, list(range(10, 30)), 0, cache, 0)

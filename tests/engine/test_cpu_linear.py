@@ -1,4 +1,5 @@
-"""fp32 projections on CPU whose prefill may take oneDNN's GEMM (engine.cpu_linear)."""
+"""fp32 linear layers on CPU (engine.cpu_linear): weights in column tiles, prefill by oneDNN's GEMM
+where it measured faster."""
 
 from __future__ import annotations
 
@@ -7,8 +8,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+import engine.cpu_linear as cpu_linear
 from engine.cpu_decode import CpuDecode
-from engine.cpu_linear import Fp32CpuLinear, onednn_linear_works, use_onednn_prefill
+from engine.cpu_linear import (
+    Fp32CpuLinear,
+    TiledFp32Linear,
+    column_tile,
+    onednn_linear_works,
+    use_fp32_cpu_layers,
+    use_onednn_prefill,
+)
 from engine.generate import prefill
 from engine.model import KVCache
 from engine.prefill_choice import PREFILL_ROWS, choice_key
@@ -72,6 +81,59 @@ def test_a_swapped_model_prefills_and_decodes_as_before(choices):
         if isinstance(layer, Fp32CpuLinear):
             for rows in (64, 32):
                 choices[choice_key(layer, rows)] = True
+    prompt = list(range(5, 75))
+    outputs = []
+    for m in (model, reference):
+        cache = KVCache(m.args, 128, slots=1)
+        logits, _ = prefill(m, prompt, 0, cache, 0)
+        outputs.append((logits, cache.keys[1].clone(), CpuDecode(m)(7, len(prompt), cache, 0)))
+    for got, expected in zip(*outputs, strict=True):
+        torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_tiles_are_whole_vectors_that_divide_the_input():
+    assert column_tile(4096) == 1024 and column_tile(11008) == 688 and column_tile(13824) == 864  # 7B, 13B
+    assert column_tile(384) == 384  # no wider than a tile: row-major
+    assert column_tile(1032) == 1032  # 8 x 129: no whole number of 16-float vectors divides it
+    assert column_tile(144, widest=32) == 16
+
+
+@pytest.mark.parametrize("gemm", [False, True])
+@pytest.mark.parametrize("rows", [1, PREFILL_ROWS + 3])
+def test_a_tiled_layer_holds_the_weight_and_computes_the_linear(choices, gemm, rows):
+    weight = torch.randn(96, 144)
+    layer = TiledFp32Linear(weight, widest=32)
+    assert layer.tile == 16 and layer.tiles.shape == (9, 96, 16)
+    assert torch.equal(layer.tiles[2], weight[:, 32:48]) and torch.equal(layer.weight, weight)
+    x = torch.randn(rows, 144)
+    choices[choice_key(layer, rows)] = gemm
+    with torch.inference_mode():
+        got = layer(x.view(1, rows, 144))
+    torch.testing.assert_close(got, F.linear(x, weight).view(1, rows, 96), rtol=1e-5, atol=1e-5)
+
+
+def test_every_fp32_layer_is_tiled_but_one_tied_to_the_embedding():
+    model = random_model(tiny_args(dim=128, n_heads=4))
+    linears = sum(type(m) is nn.Linear for m in model.modules())
+    assert use_fp32_cpu_layers(model, widest=32) == linears
+    assert type(model.lm_head) is TiledFp32Linear and model.model.layers[0].mlp.up_proj.tile == 32
+    tied = random_model(tiny_args(dim=128, n_heads=4))
+    tied.lm_head.weight = tied.model.embed_tokens.weight
+    assert use_fp32_cpu_layers(tied, widest=32) == linears - 1 and type(tied.lm_head) is nn.Linear
+    assert use_fp32_cpu_layers(random_model(tiny_args(dim=128, n_heads=4)).bfloat16()) == 0  # fp32 only
+
+
+def test_without_room_for_the_copies_the_layers_stay_row_major(monkeypatch):
+    monkeypatch.setattr(cpu_linear, "room_for", lambda nbytes: False)
+    model = random_model(tiny_args(dim=128, n_heads=4))
+    use_fp32_cpu_layers(model, widest=32)
+    assert type(model.model.layers[0].mlp.up_proj) is Fp32CpuLinear and type(model.lm_head) is nn.Linear
+
+
+def test_a_tiled_model_prefills_and_decodes_as_before(choices):
+    model = random_model(tiny_args(dim=128, n_heads=4), seed=3)
+    reference = random_model(tiny_args(dim=128, n_heads=4), seed=3)
+    use_fp32_cpu_layers(model, widest=32)
     prompt = list(range(5, 75))
     outputs = []
     for m in (model, reference):
