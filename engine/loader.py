@@ -72,14 +72,16 @@ def load_engine(
     path = model_path(model)
     module, tokenizer, info = load_model(path, device, dtype, quantize)
     if str(module.model.embed_tokens.weight.device) == "cpu":
-        # Decode streams every weight once a token: in 2 MB pages 7B-sized bf16 and int4 layers
-        # decoded 1.15x faster on a 2-core EPYC (engine/huge_pages.py). (Before the prefill
-        # kernels are timed, and before any decode step keeps the weights' addresses.)
+        # Decode streams every weight once a token: fp32 weights in column tiles decoded a
+        # 7B-sized model 1.3x faster on a 2-core EPYC (engine/cpu_linear.py), and in 2 MB pages
+        # bf16 and int4 layers 1.15x (engine/huge_pages.py). (The tiles are made in huge pages
+        # first, so they are copied once; all before the prefill kernels are timed, and before
+        # any decode step keeps the weights' addresses.)
         moved_started = time.perf_counter()
+        use_fp32_cpu_layers(module)
         if moved := use_huge_pages(module):
             log.info("%.0f MB of weights in memory that asked for huge pages, in %.1f s", moved / 2**20,
                      time.perf_counter() - moved_started)  # fmt: skip
-        use_fp32_cpu_layers(module)
         # Once per machine (then read from the user's cache): which kernel each quantized or
         # fp32 layer's prefill runs, so no request pays for measuring it.
         tuned_started = time.perf_counter()
