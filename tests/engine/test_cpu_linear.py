@@ -73,24 +73,6 @@ def test_training_takes_the_differentiable_path(choices):
     torch.testing.assert_close(x.grad, layer.weight.sum(0).expand_as(x))
 
 
-def test_a_swapped_model_prefills_and_decodes_as_before(choices):
-    model = random_model(tiny_args(dim=128, n_heads=4), seed=3)
-    reference = random_model(tiny_args(dim=128, n_heads=4), seed=3)
-    use_onednn_prefill(model)
-    for layer in model.modules():
-        if isinstance(layer, Fp32CpuLinear):
-            for rows in (64, 32):
-                choices[choice_key(layer, rows)] = True
-    prompt = list(range(5, 75))
-    outputs = []
-    for m in (model, reference):
-        cache = KVCache(m.args, 128, slots=1)
-        logits, _ = prefill(m, prompt, 0, cache, 0)
-        outputs.append((logits, cache.keys[1].clone(), CpuDecode(m)(7, len(prompt), cache, 0)))
-    for got, expected in zip(*outputs, strict=True):
-        torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
-
-
 def test_tiles_are_whole_vectors_that_divide_the_input():
     assert column_tile(4096) == 1024 and column_tile(11008) == 688 and column_tile(13824) == 864  # 7B, 13B
     assert column_tile(384) == 384  # no wider than a tile: row-major
@@ -130,10 +112,16 @@ def test_without_room_for_the_copies_the_layers_stay_row_major(monkeypatch):
     assert type(model.model.layers[0].mlp.up_proj) is Fp32CpuLinear and type(model.lm_head) is nn.Linear
 
 
-def test_a_tiled_model_prefills_and_decodes_as_before(choices):
+@pytest.mark.parametrize("change", [use_onednn_prefill, lambda model: use_fp32_cpu_layers(model, widest=32)])
+def test_a_changed_model_prefills_and_decodes_as_before(choices, change):
+    # row-major with oneDNN's prefill, or tiled (its prefill one oneDNN GEMM per tile)
     model = random_model(tiny_args(dim=128, n_heads=4), seed=3)
     reference = random_model(tiny_args(dim=128, n_heads=4), seed=3)
-    use_fp32_cpu_layers(model, widest=32)
+    assert change(model) > 0
+    for layer in model.modules():
+        if isinstance(layer, (Fp32CpuLinear, TiledFp32Linear)):
+            for rows in (64, 32):
+                choices[choice_key(layer, rows)] = True
     prompt = list(range(5, 75))
     outputs = []
     for m in (model, reference):
