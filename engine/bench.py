@@ -116,7 +116,9 @@ def bench_decode_vs_transformers(engine: InfillEngine, new_tokens: int, repeats:
     config = LlamaConfig(**{**hf_config(engine.model.args), "max_position_embeddings": engine.max_seq_len})
     with no_init_weights():  # the weights are ours, shared, not copied
         reference = LlamaForCausalLM(config)
-    reference.load_state_dict(engine.model.state_dict(), strict=False, assign=True)
+    missing = reference.load_state_dict(engine.model.state_dict(), strict=False, assign=True).missing_keys
+    if missing:  # (strict=False only for the rotary buffers transformers keeps; no weight may be left out)
+        raise RuntimeError(f"the transformers reference did not get {missing[:3]}")
     reference = reference.to(engine.dtype).eval()
     prefix, suffix = source_around_function_end(engine.tokenizer, 150, 50)
     ours_decode, ours_total, generated = [], [], new_tokens

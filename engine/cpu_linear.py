@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from engine import prefill_choice
+from engine import c_library, prefill_choice
 from engine.huge_pages import huge_page_zeros, room_for
 from engine.prefill_choice import PREFILL_ROWS
 
@@ -97,13 +97,18 @@ class TiledFp32Linear(Fp32Prefill, nn.Module):
         self.tile = column_tile(self.in_features, widest)
         count = self.in_features // self.tile
         tiles = huge_page_zeros((count, self.out_features, self.tile), "cpu", torch.float32)
-        tiles.copy_(weight.detach().view(self.out_features, count, self.tile).transpose(0, 1))
+        tiles.copy_(weight.detach().reshape(self.out_features, count, self.tile).transpose(0, 1))
         self.tiles = nn.Parameter(tiles, requires_grad=False)  # (a parameter, as the weight it replaces)
 
     @property
     def weight(self) -> torch.Tensor:
         """The weight (out, in), row-major: a copy."""
         return self.tiles.transpose(0, 1).reshape(self.out_features, self.in_features)
+
+    def _save_to_state_dict(self, destination: dict, prefix: str, keep_vars: bool) -> None:
+        # A state dict holds the weight as nn.Linear's does (`weight`, row-major), so a model
+        # loaded for inference still hands other code (transformers, a checkpoint) its weights.
+        destination[prefix + "weight"] = self.weight
 
     def columns(self, flat: torch.Tensor, j: int) -> torch.Tensor:
         """The inputs' columns that tile j multiplies."""
@@ -136,24 +141,37 @@ def fp32_layers(model: nn.Module) -> list[tuple[nn.Module, str, nn.Linear]]:
     return found
 
 
+def c_step_builds() -> bool:
+    """Whether engine/cpu_decode.c, which reads the tiles, can be built here."""
+    try:
+        c_library.load_library()
+    except RuntimeError:
+        return False
+    return True
+
+
 def use_fp32_cpu_layers(model: nn.Module, widest: int = TILE_FLOATS) -> int:
-    """For inference on CPU: the model's fp32 linear layers become TiledFp32Linear (those tied to
-    another module's weight, an output layer sharing the embedding, stay), one at a time (at
-    most one layer's weight more in memory where they are the process's own). Where the copies
-    would not leave room (engine.huge_pages.room_for), they stay row-major as Fp32CpuLinear,
-    whose prefill may still take oneDNN. Returns how many changed."""
+    """For inference on CPU with the C decode step: the model's fp32 linear layers become
+    TiledFp32Linear (those tied to another module's weight, an output layer sharing the embedding,
+    stay), one at a time: each old weight is let go before the next copy, so where the weights
+    are the process's own the peak is one layer more. Where the copies would not leave room
+    (engine.huge_pages.room_for: counted as if all stayed, since weights mapped from the
+    checkpoint file stay mapped while copied), or the C step cannot be built (the tiles would
+    only cost torch's paths a GEMM per tile), they stay row-major as Fp32CpuLinear, whose
+    prefill may still take oneDNN. Returns how many were tiled."""
     layers = fp32_layers(model)
+    if not (c_step_builds() and room_for(sum(layer.weight.nbytes for _, _, layer in layers))):
+        use_onednn_prefill(model)
+        return 0
     shared = {id(t) for m in model.modules() for t in m.parameters(recurse=False) if not isinstance(m, nn.Linear)}
-    # (all of them: weights mapped from the file stay mapped, as page cache, while copied)
-    if not room_for(sum(layer.weight.nbytes for _, _, layer in layers)):
-        return use_onednn_prefill(model)
-    changed = 0
-    for parent, name, layer in layers:
-        if id(layer.weight) in shared:
-            continue
-        setattr(parent, name, TiledFp32Linear(layer.weight, widest))
-        changed += 1
-    return changed
+    tiled = 0
+    while layers:
+        parent, name, layer = layers.pop()
+        if id(layer.weight) not in shared:
+            setattr(parent, name, TiledFp32Linear(layer.weight, widest))
+            tiled += 1
+        del layer  # (the last reference to the old weight: freed before the next copy)
+    return tiled
 
 
 def use_onednn_prefill(model: nn.Module) -> int:

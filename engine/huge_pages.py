@@ -134,7 +134,8 @@ def use_huge_pages(model: nn.Module) -> int:
     bigger one stays where it is (copying it would keep both)."""
     if not huge_pages_usable():
         return 0
-    if not room_for(sum(t.nbytes for t in (*model.parameters(), *model.buffers()) if t.device.type == "cpu")):
+    # (what would be copied: not a view, such as the tiles engine.cpu_linear made here already)
+    if not room_for(sum(t.nbytes for t in (*model.parameters(), *model.buffers()) if owns_its_memory(t))):
         log.info("weights stay in 4 KB pages: not enough free memory for a copy of them")
         return 0
     done: set[int] = set()
