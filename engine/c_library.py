@@ -93,6 +93,22 @@ def load_library() -> ctypes.CDLL:
     return _library
 
 
+def library_or_none() -> ctypes.CDLL | None:
+    """load_library(), or None where it cannot be built (no compiler, a failed or hung build),
+    for callers that then keep a torch path; the reason is logged once."""
+    global _why_not
+    try:
+        return load_library()
+    except (RuntimeError, OSError, subprocess.SubprocessError) as e:
+        if _why_not is None:
+            _why_not = str(e)
+            log.warning("the engine's C library cannot be built here: %s", e)
+        return None
+
+
+_why_not: str | None = None
+
+
 def remove_stale(folder: Path) -> None:
     """Before a build: drop the libraries earlier sources or compilers built (a process still
     running one keeps its mapping) and temporary files of builds that died."""

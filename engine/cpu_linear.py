@@ -141,15 +141,6 @@ def fp32_layers(model: nn.Module) -> list[tuple[nn.Module, str, nn.Linear]]:
     return found
 
 
-def c_step_builds() -> bool:
-    """Whether engine/cpu_decode.c, which reads the tiles, can be built here."""
-    try:
-        c_library.load_library()
-    except RuntimeError:
-        return False
-    return True
-
-
 def use_fp32_cpu_layers(model: nn.Module, widest: int = TILE_FLOATS) -> int:
     """For inference on CPU with the C decode step: the model's fp32 linear layers become
     TiledFp32Linear (those tied to another module's weight, an output layer sharing the embedding,
@@ -160,7 +151,8 @@ def use_fp32_cpu_layers(model: nn.Module, widest: int = TILE_FLOATS) -> int:
     only cost torch's paths a GEMM per tile), they stay row-major as Fp32CpuLinear, whose
     prefill may still take oneDNN. Returns how many were tiled."""
     layers = fp32_layers(model)
-    if not (c_step_builds() and room_for(sum(layer.weight.nbytes for _, _, layer in layers))):
+    # (no C library: no C step to read the tiles)
+    if not (c_library.library_or_none() is not None and room_for(sum(layer.weight.nbytes for _, _, layer in layers))):
         use_onednn_prefill(model)
         return 0
     shared = {id(t) for m in model.modules() for t in m.parameters(recurse=False) if not isinstance(m, nn.Linear)}
@@ -180,9 +172,8 @@ def use_onednn_prefill(model: nn.Module) -> int:
     if not onednn_linear_works():
         return 0
     swapped = 0
-    for name, module in list(model.named_modules()):
-        plain = type(module) is nn.Linear and module.bias is None and name != "lm_head"
-        if plain and module.weight.dtype == torch.float32 and module.weight.device.type == "cpu":
-            module.__class__ = Fp32CpuLinear  # the same parameters, the forward above
+    for parent, name, layer in fp32_layers(model):
+        if type(layer) is nn.Linear and not (parent is model and name == "lm_head"):
+            layer.__class__ = Fp32CpuLinear  # the same parameters, the forward above
             swapped += 1
     return swapped

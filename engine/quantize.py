@@ -19,7 +19,6 @@ from __future__ import annotations
 import ctypes
 import functools
 import logging
-import subprocess
 from ctypes import c_int, c_int64, c_void_p
 
 import torch
@@ -141,10 +140,9 @@ def int4_kernel_dtype(device: torch.device, dtype: torch.dtype) -> torch.dtype:
 def dequant_library() -> ctypes.CDLL | None:
     """engine.c_library's dequantization (engine/cpu_dequant.c), or None where it cannot be built:
     the prefill GEMMs then dequantize with torch ops, 2-3x slower."""
-    try:
-        library = c_library.load_library()
-    except (RuntimeError, OSError, subprocess.SubprocessError) as e:
-        log.warning("prefill GEMMs dequantize with torch ops: %s", e)
+    library = c_library.library_or_none()
+    if library is None:
+        log.warning("prefill GEMMs dequantize with torch ops")
         return None
     library.dequant_int8_rows.argtypes = [c_void_p, c_void_p, c_int64, c_int64, c_int64, c_void_p, c_int]
     library.dequant_int4_blocks.argtypes = [c_void_p, c_void_p, *[c_int64] * 5, c_void_p, c_int]

@@ -13,6 +13,7 @@ same threads) by engine/cpu_read.c, which computes nothing but an XOR of their w
 from __future__ import annotations
 
 import ctypes
+import functools
 import statistics
 import time
 from dataclasses import dataclass
@@ -54,18 +55,26 @@ def kv_values_per_position(model: Transformer) -> int:
     return 2 * args.n_layers * args.n_kv_heads * args.head_dim
 
 
-def read_buffers(tensors: list[torch.Tensor], threads: int) -> int:
-    """engine/cpu_read.c's read of the tensors' bytes: the XOR of their 64-bit words (and of the
-    bytes past each one's last whole word). RuntimeError where the C library cannot be built."""
-    library = c_library.load_library()
+@functools.cache
+def reader() -> ctypes.CDLL:
+    """engine.c_library's library with read_buffers' signature (RuntimeError where it cannot be built)."""
+    library = c_library.library_or_none()
+    if library is None:
+        raise RuntimeError("the engine's C library cannot be built here")
     library.read_buffers.argtypes = [ctypes.POINTER(ctypes.c_void_p), ctypes.POINTER(ctypes.c_int64),
                                      ctypes.c_int, ctypes.c_int]  # fmt: skip
     library.read_buffers.restype = ctypes.c_uint64
+    return library
+
+
+def read_buffers(tensors: list[torch.Tensor], threads: int) -> int:
+    """engine/cpu_read.c's read of the tensors' bytes: the XOR of their 64-bit words (and of the
+    bytes past each one's last whole word). RuntimeError where the C library cannot be built."""
     if any(t.device.type != "cpu" or not t.is_contiguous() for t in tensors):
         raise ValueError("the read bound is measured on contiguous CPU tensors")
     addresses = (ctypes.c_void_p * len(tensors))(*(t.data_ptr() for t in tensors))
     sizes = (ctypes.c_int64 * len(tensors))(*(t.nbytes for t in tensors))
-    return library.read_buffers(addresses, sizes, len(tensors), threads)
+    return reader().read_buffers(addresses, sizes, len(tensors), threads)
 
 
 def measure(model: Transformer, cache_dtype: torch.dtype, repeats: int = 7) -> ReadBound:
